@@ -1,0 +1,413 @@
+"""AlphaAdam (Chang, Li & Yuan): Adam with an asynchronous mask and dynamic per-tensor alpha.
+
+Algorithm 1 of the paper, per parameter tensor of ``d`` elements::
+
+    g_t     = grad L(theta_t)
+    d_t     = g_t * h_{t-1}                       # momentum BEFORE this step's update
+    h_t     = b1 h_{t-1} + (1 - b1) g_t
+    v_t     = b2 v_{t-1} + (1 - b2) g_t^2
+    u_t     = h_t / (sqrt(v_t) + eps)
+    phi_t   = 1[d_t > 0]
+    alpha_t = min(||u_t||^2 / ||phi_t * u_t||^2, alpha_max)
+    eta^    = eta * d / (||phi_t||_0 + 1)
+    theta   = theta - eta^ * alpha_t * phi_t * u_t
+
+Choices the paper leaves open, and what this implementation does (docs/choices.md):
+
+* ``bias_correction=True`` (default): ``h_t`` and ``v_t`` are bias-corrected as in AdamW, so
+  the ``mask="none"`` preset is exactly AdamW. ``False`` gives the literal pseudo-code.
+* Step 1: ``h_0 = 0`` makes the asynchronous mask empty, so the first step moves no
+  coordinate (only weight decay acts). Alpha is then reported as ``alpha_max``; no NaN/inf.
+* Alpha without root, clipped at 2, and both ``eta^`` and alpha applied (as printed).
+* Weight decay is decoupled (AdamW) and acts on every coordinate, masked or not.
+* Alpha is per parameter tensor.
+
+State per parameter (identical for the single-tensor and foreach paths, so a checkpoint
+moves between them): ``step`` (0-d float32), ``exp_avg`` and ``exp_avg_sq`` (float32 for
+fp16/bf16 parameters, else the parameter's dtype), and, when a mask is active, the last
+step's ``alpha`` and ``mask_density`` (0-d tensors, kept on the device).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .masking import (
+    MaskConfig,
+    agreement_mask,
+    foreach_agreement_masks,
+    foreach_mask_and_compensate,
+    mask_and_compensate,
+)
+
+__all__ = ["AlphaAdam", "PRESETS", "alphaadam_preset"]
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+# The Table 3 ablation family: one class, four settings.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Plain AdamW: no mask, no compensation. Matches torch.optim.AdamW.
+    "adamw": {"mask": "none", "alpha": "none", "rescale": False},
+    # AdamW + synchronous mask (Cautious AdamW, the paper's CAdamW baseline).
+    "adamw_sm": {"mask": "sync", "alpha": "none", "rescale": True},
+    # AdamW + asynchronous mask, no dynamic alpha.
+    "adamw_am": {"mask": "async", "alpha": "none", "rescale": True},
+    # AlphaAdam: asynchronous mask + dynamic alpha (Algorithm 1).
+    "alphaadam": {"mask": "async", "alpha": "ratio", "rescale": True},
+}
+
+
+def _state_dtype(param: Tensor) -> torch.dtype:
+    # Moments of half-precision parameters are kept in fp32: v_t underflows in fp16 and
+    # bf16's 8-bit mantissa cannot accumulate (1 - b2) g^2 increments.
+    return torch.float32 if param.dtype in LOW_PRECISION else param.dtype
+
+
+class AlphaAdam(Optimizer):
+    """AlphaAdam, usable wherever ``torch.optim.AdamW`` is.
+
+    Args:
+        params: iterable of parameters or param-group dicts.
+        lr: learning rate (float or 0-d tensor).
+        betas: ``(b1, b2)`` for the first and second moments.
+        eps: added to ``sqrt(v_t)``.
+        weight_decay: decoupled weight decay, applied to every coordinate.
+        mask: ``"async"`` (default), ``"sync"`` or ``"none"``.
+        alpha: ``"ratio"`` (default), ``"sqrt_ratio"`` or ``"none"``.
+        alpha_max: clip for alpha (default 2, Appendix F.4).
+        rescale: apply Algorithm 1's ``d / (||phi||_0 + 1)`` step rescale (default True).
+        bias_correction: Adam bias correction of both moments (default True).
+        maximize: maximise the objective instead.
+        foreach: use the multi-tensor path; ``None`` picks it for CUDA parameters.
+        fused: reserved for the fused kernel path; only ``None``/``False`` for now.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        *,
+        mask: str = "async",
+        alpha: str = "ratio",
+        alpha_max: float = 2.0,
+        rescale: bool = True,
+        bias_correction: bool = True,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+    ) -> None:
+        if isinstance(lr, Tensor):
+            if lr.numel() != 1:
+                raise ValueError(f"Invalid lr: a tensor lr must have one element, got {lr.shape}")
+        elif not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr} (must be >= 0)")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid eps: {eps} (must be >= 0)")
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"Invalid betas: {betas} (two values in [0, 1) expected)")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay: {weight_decay} (must be >= 0)")
+        if fused:
+            raise ValueError("fused=True is not available yet; use foreach=True or leave it None")
+        MaskConfig(mask, alpha, alpha_max, rescale)  # validates, with the valid choices
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            mask=mask,
+            alpha=alpha,
+            alpha_max=float(alpha_max),
+            rescale=rescale,
+            bias_correction=bias_correction,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+        )
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            MaskConfig.from_group(group)  # per-group overrides are validated too
+
+    @classmethod
+    def preset(cls, name: str, params, **kwargs) -> AlphaAdam:
+        """Build one of the Table 3 family by name (see :data:`PRESETS`)."""
+        return alphaadam_preset(name, params, **kwargs)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("foreach", None)
+            group.setdefault("fused", None)
+            group.setdefault("maximize", False)
+
+    # ------------------------------------------------------------------ state
+    def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, steps, stats) -> None:
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("AlphaAdam does not support sparse gradients")
+            if torch.is_complex(p):
+                raise RuntimeError(
+                    "AlphaAdam does not support complex parameters: the sign-agreement mask "
+                    "is undefined for complex numbers (use torch.view_as_real)"
+                )
+            state = self.state[p]
+            if len(state) == 0:
+                dtype = _state_dtype(p)
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(
+                    p, dtype=dtype, memory_format=torch.preserve_format
+                )
+            if group["mask"] != "none" and "alpha" not in state:
+                dtype = state["exp_avg"].dtype
+                state["alpha"] = torch.ones((), dtype=dtype, device=p.device)
+                state["mask_density"] = torch.ones((), dtype=dtype, device=p.device)
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+            stats.append((state.get("alpha"), state.get("mask_density")))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            exp_avgs: list[Tensor] = []
+            exp_avg_sqs: list[Tensor] = []
+            steps: list[Tensor] = []
+            stats: list[tuple[Tensor | None, Tensor | None]] = []
+            self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, steps, stats)
+            if not params:
+                continue
+            foreach = group["foreach"]
+            if foreach is None:
+                foreach = all(p.is_cuda for p in params)
+            impl = _multi_tensor_alphaadam if foreach else _single_tensor_alphaadam
+            beta1, beta2 = group["betas"]
+            impl(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                steps,
+                stats,
+                cfg=MaskConfig.from_group(group),
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                bias_correction=group["bias_correction"],
+                maximize=group["maximize"],
+            )
+        return loss
+
+    # ------------------------------------------------------------ diagnostics
+    def mask_statistics(
+        self, named_parameters: Iterable[tuple[str, Tensor]] | None = None
+    ) -> dict[str, dict[str, Tensor]]:
+        """Last step's per-tensor alpha and mask density, as device tensors (no host sync).
+
+        Keyed by parameter name when ``named_parameters`` (e.g. ``model.named_parameters()``)
+        is given, else by ``"group{i}.param{j}"``. Parameters never stepped, or in a group
+        without a mask, are left out.
+        """
+        if named_parameters is not None:
+            names = {p: n for n, p in named_parameters}
+        else:
+            names = {
+                p: f"group{i}.param{j}"
+                for i, g in enumerate(self.param_groups)
+                for j, p in enumerate(g["params"])
+            }
+        out: dict[str, dict[str, Tensor]] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p, {})
+                if "alpha" in state and p in names:
+                    out[names[p]] = {"alpha": state["alpha"], "mask_density": state["mask_density"]}
+        return out
+
+    def read_mask_statistics(
+        self, named_parameters: Iterable[tuple[str, Tensor]] | None = None
+    ) -> dict[str, dict[str, float]]:
+        """:meth:`mask_statistics` as Python floats, with one host transfer per device."""
+        stats = self.mask_statistics(named_parameters)
+        if not stats:
+            return {}
+        names = list(stats)
+        by_device: dict[torch.device, list[str]] = {}
+        for n in names:
+            by_device.setdefault(stats[n]["alpha"].device, []).append(n)
+        values: dict[str, list[float]] = {}
+        for device_names in by_device.values():
+            pairs = torch.stack(
+                [torch.stack([stats[n]["alpha"].float(), stats[n]["mask_density"].float()])
+                 for n in device_names]
+            ).cpu().tolist()
+            values.update(zip(device_names, pairs))
+        return {n: {"alpha": values[n][0], "mask_density": values[n][1]} for n in names}
+
+
+def alphaadam_preset(name: str, params, **kwargs) -> AlphaAdam:
+    """``AlphaAdam`` configured as one of :data:`PRESETS` (kwargs may override the rest)."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown AlphaAdam preset {name!r}; valid choices are {', '.join(PRESETS)}")
+    clash = set(kwargs) & set(PRESETS[name])
+    if clash:
+        raise ValueError(
+            f"Preset {name!r} fixes {sorted(clash)}; build AlphaAdam(...) directly to change them"
+        )
+    return AlphaAdam(params, **PRESETS[name], **kwargs)
+
+
+# ----------------------------------------------------------------------------------------
+# Single-tensor path: reads like Algorithm 1.
+# ----------------------------------------------------------------------------------------
+def _single_tensor_alphaadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    stats: list[tuple[Tensor | None, Tensor | None]],
+    *,
+    cfg: MaskConfig,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    bias_correction: bool,
+    maximize: bool,
+) -> None:
+    for param, grad, exp_avg, exp_avg_sq, step_t, (alpha_out, density_out) in zip(
+        params, grads, exp_avgs, exp_avg_sqs, steps, stats
+    ):
+        theta = param.float() if param.dtype in LOW_PRECISION else param
+        g = (-grad if maximize else grad).to(exp_avg.dtype)
+        step_t += 1
+
+        # d_t = g_t * h_{t-1}: the asynchronous mask reads the momentum before its update.
+        phi = agreement_mask(g, exp_avg) if cfg.mask == "async" else None
+        exp_avg.lerp_(g, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        if cfg.mask == "sync":
+            phi = agreement_mask(g, exp_avg)
+
+        # u_t = h_t / (sqrt(v_t) + eps), with AdamW's bias correction unless disabled.
+        if bias_correction:
+            bc1 = 1 - beta1**step_t
+            bc2_sqrt = (1 - beta2**step_t).sqrt()
+            u = exp_avg / ((exp_avg_sq.sqrt() / bc2_sqrt).add_(eps)) / bc1
+        else:
+            u = exp_avg / exp_avg_sq.sqrt().add_(eps)
+
+        # phi * u, scaled by d/(||phi||_0 + 1) and alpha_t.
+        u, alpha, density = mask_and_compensate(u, phi, cfg)
+
+        if weight_decay != 0:
+            theta.mul_(1 - lr * weight_decay)
+        theta.sub_(u.mul_(lr))
+
+        if theta is not param:
+            param.copy_(theta)
+        if alpha is not None:
+            alpha_out.copy_(alpha)
+            density_out.copy_(density)
+
+
+# ----------------------------------------------------------------------------------------
+# Multi-tensor path: the same math with torch._foreach_* kernels.
+# ----------------------------------------------------------------------------------------
+def _multi_tensor_alphaadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    stats: list[tuple[Tensor | None, Tensor | None]],
+    *,
+    cfg: MaskConfig,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    bias_correction: bool,
+    maximize: bool,
+) -> None:
+    alphas_out = [a for a, _ in stats]
+    densities_out = [d for _, d in stats]
+    grouped = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, exp_avgs, exp_avg_sqs, steps, alphas_out, densities_out]
+    )
+    for (_device, _dtype), (
+        (g_params, g_grads, g_m, g_v, g_steps, g_alpha, g_density),
+        _,
+    ) in grouped.items():
+        low_precision = g_params[0].dtype in LOW_PRECISION
+        work_params = [p.float() for p in g_params] if low_precision else g_params
+        state_dtype = g_m[0].dtype
+        if maximize:
+            g_grads = torch._foreach_neg(g_grads)
+        if g_grads[0].dtype != state_dtype:
+            g_grads = [g.to(state_dtype) for g in g_grads]
+
+        torch._foreach_add_(g_steps, 1.0)
+        masks = foreach_agreement_masks(g_grads, g_m) if cfg.mask == "async" else None
+        torch._foreach_lerp_(g_m, g_grads, 1 - beta1)
+        torch._foreach_mul_(g_v, beta2)
+        torch._foreach_addcmul_(g_v, g_grads, g_grads, 1 - beta2)
+        if cfg.mask == "sync":
+            masks = foreach_agreement_masks(g_grads, g_m)
+
+        denom = torch._foreach_sqrt(g_v)
+        if bias_correction:
+            # 1 - b^t for each tensor's own step, without reading the step on the host.
+            bc1 = torch._foreach_pow(beta1, g_steps)
+            torch._foreach_neg_(bc1)
+            torch._foreach_add_(bc1, 1.0)
+            bc2_sqrt = torch._foreach_pow(beta2, g_steps)
+            torch._foreach_neg_(bc2_sqrt)
+            torch._foreach_add_(bc2_sqrt, 1.0)
+            torch._foreach_sqrt_(bc2_sqrt)
+            torch._foreach_div_(denom, bc2_sqrt)
+        torch._foreach_add_(denom, eps)
+        updates = torch._foreach_div(g_m, denom)
+        del denom
+        if bias_correction:
+            torch._foreach_div_(updates, bc1)
+
+        updates, alphas, densities = foreach_mask_and_compensate(updates, masks, cfg)
+
+        if weight_decay != 0:
+            decay = 1 - lr * weight_decay
+            torch._foreach_mul_(work_params, decay)
+        if isinstance(lr, Tensor):
+            torch._foreach_mul_(updates, lr.to(device=updates[0].device))
+        else:
+            torch._foreach_mul_(updates, lr)
+        torch._foreach_sub_(work_params, updates)
+
+        if low_precision:
+            torch._foreach_copy_(g_params, work_params)
+        if alphas is not None:
+            torch._foreach_copy_(g_alpha, list(alphas.unbind(0)))
+            torch._foreach_copy_(g_density, list(densities.unbind(0)))

@@ -1,0 +1,161 @@
+"""The masking framework shared by every AlphaAdam-style optimizer.
+
+AlphaAdam's contribution is independent of Adam itself: given a momentum optimizer's
+update direction ``u`` for one parameter tensor, keep only the coordinates where the
+gradient agrees in sign with a reference momentum, and restore the step's size with
+
+* the Cautious-style rescale ``d / (||phi||_0 + 1)`` (Algorithm 1's ``eta^``), and
+* the per-tensor compensation ``alpha = ||u||^2 / ||phi * u||^2`` clipped at ``alpha_max``.
+
+Optimizers (AlphaAdam, AlphaLion, AlphaSGD) compute their own direction and momentum and
+call :func:`mask_and_compensate` (one tensor) or :func:`foreach_mask_and_compensate`
+(a list of tensors with ``torch._foreach_*`` kernels). Both return the masked, compensated
+direction (``lr`` not yet applied) together with the per-tensor alpha and mask density as
+device tensors, so that nothing here forces a host synchronisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+MASK_CHOICES = ("async", "sync", "none")
+ALPHA_CHOICES = ("ratio", "sqrt_ratio", "none")
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"Invalid {name}={value!r}; valid choices are {', '.join(choices)}")
+    return value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """How the update of one tensor is masked and compensated.
+
+    mask:
+        ``"async"``: ``phi = 1[g_t * m_{t-1} > 0]`` (AlphaAdam, Algorithm 1);
+        ``"sync"``: ``phi = 1[g_t * m_t > 0]`` with the updated momentum (Cautious);
+        ``"none"``: every coordinate is updated (plain optimizer).
+    alpha:
+        ``"ratio"``: ``||u||^2 / ||phi u||^2`` (Algorithm 1); ``"sqrt_ratio"``: its square root
+        (Section 3.2.2); ``"none"``: 1.
+    alpha_max:
+        Upper clip of alpha (Appendix F.4 uses 2).
+    rescale:
+        Multiply the step by ``d / (||phi||_0 + 1)`` as Algorithm 1's ``eta^`` does.
+    """
+
+    mask: str = "async"
+    alpha: str = "ratio"
+    alpha_max: float = 2.0
+    rescale: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice("mask", self.mask, MASK_CHOICES)
+        _check_choice("alpha", self.alpha, ALPHA_CHOICES)
+        if not isinstance(self.rescale, bool):
+            raise ValueError(f"Invalid rescale={self.rescale!r}; valid choices are True, False")
+        if not (isinstance(self.alpha_max, (int, float)) and self.alpha_max >= 1.0):
+            raise ValueError(
+                f"Invalid alpha_max={self.alpha_max!r}; it must be a number >= 1 "
+                "(alpha = ||u||^2/||phi u||^2 is never below 1)"
+            )
+
+    @property
+    def active(self) -> bool:
+        return self.mask != "none"
+
+    @classmethod
+    def from_group(cls, group: dict) -> MaskConfig:
+        return cls(group["mask"], group["alpha"], group["alpha_max"], group["rescale"])
+
+
+def alpha_from_sums(total_sq: Tensor, kept_sq: Tensor, kind: str, alpha_max: float) -> Tensor:
+    """``clip(total_sq / kept_sq, max=alpha_max)`` (or its root), elementwise.
+
+    An empty mask (``kept_sq == 0``) updates nothing, so any alpha is harmless there; we
+    report ``alpha_max``, the limit of the clipped ratio as the kept mass goes to zero, and
+    never divide by zero (no NaN/inf even when the whole update is zero).
+    """
+    if kind == "none":
+        return torch.ones_like(total_sq)
+    safe_kept = torch.where(kept_sq > 0, kept_sq, torch.ones_like(kept_sq))
+    ratio = torch.where(kept_sq > 0, total_sq / safe_kept, torch.full_like(total_sq, alpha_max))
+    if kind == "sqrt_ratio":
+        ratio = ratio.sqrt()
+    return ratio.clamp(max=alpha_max)
+
+
+def agreement_mask(grad: Tensor, reference: Tensor) -> Tensor:
+    """``1[g * m > 0]`` as a 0/1 tensor in the dtype of ``grad``."""
+    return (grad * reference > 0).to(grad.dtype)
+
+
+def mask_and_compensate(
+    update: Tensor, mask: Tensor | None, cfg: MaskConfig
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Mask one tensor's direction in place and scale it by ``rescale * alpha``.
+
+    ``mask`` is the 0/1 agreement mask (``None`` when ``cfg.mask == "none"``).
+    Returns ``(update, alpha, density)``; ``alpha`` and ``density`` are 0-d device tensors
+    (``None`` without a mask).
+    """
+    if mask is None:
+        return update, None, None
+    numel = update.numel()
+    total_sq = update.square().sum() if cfg.alpha != "none" else None
+    update.mul_(mask)
+    nnz = mask.sum()
+    scale = torch.ones((), dtype=update.dtype, device=update.device)
+    if cfg.rescale:
+        scale = numel / (nnz + 1)
+    if total_sq is not None:
+        alpha = alpha_from_sums(total_sq, update.square().sum(), cfg.alpha, cfg.alpha_max)
+    else:
+        alpha = torch.ones((), dtype=update.dtype, device=update.device)
+    update.mul_(scale * alpha)
+    density = nnz / max(numel, 1)
+    return update, alpha, density
+
+
+def foreach_mask_and_compensate(
+    updates: list[Tensor], masks: list[Tensor] | None, cfg: MaskConfig
+) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
+    """Multi-tensor version of :func:`mask_and_compensate` (same math, same dtype rules).
+
+    All tensors must share one device and dtype (the caller groups them). Returns the
+    updates and two 1-d tensors holding each tensor's alpha and mask density.
+    """
+    if masks is None or not updates:
+        return updates, None, None
+    numels = torch.tensor(
+        [u.numel() for u in updates], dtype=updates[0].dtype, device=updates[0].device
+    )
+    total_sq = None
+    if cfg.alpha != "none":
+        total_sq = torch.stack(torch._foreach_norm(updates)).square()
+    torch._foreach_mul_(updates, masks)
+    # The L1 norm of a 0/1 mask is its number of ones: one kernel for every tensor.
+    nnz = torch.stack(torch._foreach_norm(masks, 1))
+    scale = numels / (nnz + 1) if cfg.rescale else torch.ones_like(nnz)
+    if total_sq is not None:
+        kept_sq = torch.stack(torch._foreach_norm(updates)).square()
+        alphas = alpha_from_sums(total_sq, kept_sq, cfg.alpha, cfg.alpha_max)
+    else:
+        alphas = torch.ones_like(nnz)
+    torch._foreach_mul_(updates, list((scale * alphas).unbind(0)))
+    densities = nnz / numels.clamp(min=1)
+    return updates, alphas, densities
+
+
+def foreach_agreement_masks(grads: list[Tensor], references: list[Tensor]) -> list[Tensor]:
+    """``1[g * m > 0]`` for every pair, as 0/1 tensors, with foreach kernels."""
+    masks = torch._foreach_mul(grads, references)
+    # sign() maps positive products to 1 and the rest to 0 or -1; clamping -1 away leaves
+    # exactly the strict ``> 0`` test of Algorithm 1.
+    torch._foreach_sign_(masks)
+    torch._foreach_clamp_min_(masks, 0.0)
+    return masks

@@ -1,0 +1,86 @@
+"""The contract between the one shared trainer and each experiment's task.
+
+The trainer (``alphaadam.trainer``) owns the loop: devices, precision, accumulation,
+clipping, schedule, logging, checkpoints, resume. A task owns what differs between the
+paper's experiments: the model, the data, the loss and the metrics. GPT-2 pretraining,
+GLUE classification/regression and GSM8K supervised fine-tuning are each one ``Task``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+Batch = dict[str, torch.Tensor]
+
+
+class BatchStream(abc.ABC):
+    """An endless, resumable source of training micro-batches for one process.
+
+    ``state_dict`` must capture the position exactly, so that a resumed run draws the same
+    batches the uninterrupted run would have drawn (the trainer checkpoints it).
+    """
+
+    @abc.abstractmethod
+    def __next__(self) -> Batch: ...
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    @property
+    def epoch(self) -> float:
+        """Fractional epochs consumed so far (``nan`` for sampled-window streams)."""
+        return float("nan")
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Task(abc.ABC):
+    """One experiment's model, data, loss and evaluation.
+
+    Construct from the Hydra ``data``/``model`` config nodes; heavy work (tokenising,
+    downloading) happens in :meth:`setup`, which the trainer calls once per process with
+    the accelerate ``Accelerator`` (use ``accelerator.main_process_first()`` for caches).
+    """
+
+    #: metric the summary calls "best" (e.g. ``"val_loss"``, ``"accuracy"``, ``"matthews"``)
+    primary_metric: str = "val_loss"
+    #: ``"min"`` or ``"max"``
+    primary_mode: str = "min"
+
+    def setup(self, accelerator) -> None:  # noqa: B027 - optional hook
+        """Prepare tokenizer and data (once per process)."""
+
+    @abc.abstractmethod
+    def build_model(self) -> nn.Module: ...
+
+    @abc.abstractmethod
+    def train_stream(self, micro_batch_size: int, seed: int, rank: int, world_size: int) -> BatchStream:
+        """This process's share of the training data, as micro-batches."""
+
+    def steps_per_epoch(self, global_batch_size: int) -> int | None:
+        """Optimizer steps in one epoch, for epoch-based tasks (``None`` otherwise)."""
+        return None
+
+    @abc.abstractmethod
+    def compute_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Mean training loss of one micro-batch (a scalar tensor)."""
+
+    def count_tokens(self, batch: Batch) -> int:
+        """Tokens the trainer reports for throughput (non-padding input tokens)."""
+        if "attention_mask" in batch:
+            return int(batch["attention_mask"].sum())
+        return int(batch["input_ids"].numel())
+
+    @abc.abstractmethod
+    def evaluate(self, model: nn.Module, accelerator) -> dict[str, float]:
+        """Metrics on the held-out split: always ``val_loss`` where a loss exists, plus
+        the task's metrics (``accuracy``, ``f1``, ``pearson``, ...)."""
