@@ -82,10 +82,12 @@ def alpha_from_sums(total_sq: Tensor, kept_sq: Tensor, kind: str, alpha_max: flo
     """
     if kind == "none":
         return torch.ones_like(total_sq)
-    safe_kept = torch.where(kept_sq > 0, kept_sq, torch.ones_like(kept_sq))
-    ratio = torch.where(kept_sq > 0, total_sq / safe_kept, torch.full_like(total_sq, alpha_max))
+    kept_any = kept_sq > 0
+    ratio = total_sq / torch.where(kept_any, kept_sq, torch.ones_like(kept_sq))
     if kind == "sqrt_ratio":
         ratio = ratio.sqrt()
+    # The empty-mask value goes in after the root, so both kinds report alpha_max there.
+    ratio = torch.where(kept_any, ratio, torch.full_like(ratio, alpha_max))
     return ratio.clamp(max=alpha_max)
 
 
