@@ -107,3 +107,8 @@ def _alphaadam_custom(model: nn.Module, **cfg: Any) -> Optimizer:
     if "betas" in cfg:
         cfg["betas"] = tuple(cfg["betas"])
     return AlphaAdam(groups, **cfg)
+
+
+# The baselines and the masked Lion/SGD register themselves; imported last because they
+# use the helpers above. Optional packages are imported only when their optimizer is built.
+from . import baselines as _baselines  # noqa: E402, F401

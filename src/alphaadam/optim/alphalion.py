@@ -1,0 +1,166 @@
+"""AlphaLion: Lion (Chen et al. 2023) with AlphaAdam's mask and per-tensor alpha.
+
+Lion, per parameter tensor (the paper's Algorithm 2)::
+
+    c_t     = b1 m_{t-1} + (1 - b1) g_t          # interpolation used only for the step
+    u_t     = sign(c_t)
+    m_t     = b2 m_{t-1} + (1 - b2) g_t          # the momentum that is carried over
+    theta   = theta - lr (u_t + wd theta)
+
+AlphaLion masks ``u_t`` with :mod:`alphaadam.optim.masking`:
+
+* ``mask="async"`` (default): ``phi = 1[g_t * m_{t-1} > 0]`` -- the gradient against Lion's
+  carried EMA momentum *before* this step's update, exactly AlphaAdam's asynchronous rule.
+  As in AlphaAdam, ``m_0 = 0`` makes the first step's mask empty: step 1 moves nothing but
+  weight decay.
+* ``mask="sync"``: ``phi = 1[g_t * u_t > 0]`` -- the agreement of this step's *update
+  direction* with the gradient, which is the Cautious rule (Liang et al. 2024) as Cautious
+  Lion applies it (``sign(c_t)`` and ``c_t`` have the same sign, so ``c_t`` is the reference).
+  For AlphaAdam the same rule reads ``g_t * m_t > 0`` because Adam's denominator is positive.
+* ``mask="none"``: plain Lion.
+
+``alpha`` (``"ratio"``, ``"sqrt_ratio"``, ``"none"``), ``alpha_max`` and ``rescale`` mean what
+they mean for AlphaAdam. Weight decay is decoupled and acts on every coordinate, masked or
+not. Only a single-tensor path exists (Lion's step is a handful of elementwise ops; a
+foreach path would change speed, not results).
+
+State per parameter: ``exp_avg`` (the carried momentum ``m``, in the parameter's dtype, as
+reference Lion implementations keep it) and, with a mask, the last step's ``alpha`` and
+``mask_density`` as 0-d tensors (read by :meth:`mask_statistics`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .alphaadam import AlphaAdam
+from .masking import MaskConfig, agreement_mask, mask_and_compensate
+
+__all__ = ["AlphaLion", "LION_PRESETS"]
+
+LION_PRESETS: dict[str, dict[str, Any]] = {
+    "lion": {"mask": "none", "alpha": "none", "rescale": False},
+    "alphalion": {"mask": "async", "alpha": "ratio", "rescale": True},
+}
+
+
+def check_lr(lr: float | Tensor) -> None:
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"Invalid lr: a tensor lr must have one element, got {lr.shape}")
+    elif not 0.0 <= lr:
+        raise ValueError(f"Invalid learning rate: {lr} (must be >= 0)")
+
+
+def add_scaled_(param: Tensor, update: Tensor, scale: float | Tensor) -> None:
+    """``param += scale * update`` with torch's own rounding for float scales (bitwise equal
+    to torch.optim), and a tensor product for tensor learning rates."""
+    if isinstance(scale, Tensor):
+        param.add_(update * scale)
+    else:
+        param.add_(update, alpha=scale)
+
+
+def check_real_dense(name: str, p: Tensor) -> None:
+    if p.grad.is_sparse:
+        raise RuntimeError(f"{name} does not support sparse gradients")
+    if torch.is_complex(p):
+        raise RuntimeError(
+            f"{name} does not support complex parameters: the sign-agreement mask is "
+            "undefined for complex numbers (use torch.view_as_real)"
+        )
+
+
+class AlphaLion(Optimizer):
+    """Lion with AlphaAdam's mask and dynamic alpha (``mask="none"`` is plain Lion).
+
+    Args:
+        params: iterable of parameters or param-group dicts.
+        lr: learning rate (Lion wants ~3-10x smaller than AdamW's).
+        betas: ``(b1, b2)``: ``b1`` interpolates the step direction, ``b2`` the momentum.
+        weight_decay: decoupled weight decay ``theta *= 1 - lr * wd`` on every coordinate.
+        mask, alpha, alpha_max, rescale: see :class:`~alphaadam.optim.masking.MaskConfig`.
+        maximize: maximise the objective instead.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        *,
+        mask: str = "async",
+        alpha: str = "ratio",
+        alpha_max: float = 2.0,
+        rescale: bool = True,
+        maximize: bool = False,
+    ) -> None:
+        check_lr(lr)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"Invalid betas: {betas} (two values in [0, 1) expected)")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay: {weight_decay} (must be >= 0)")
+        MaskConfig(mask, alpha, alpha_max, rescale)
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            weight_decay=weight_decay,
+            mask=mask,
+            alpha=alpha,
+            alpha_max=float(alpha_max),
+            rescale=rescale,
+            maximize=maximize,
+        )
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            MaskConfig.from_group(group)
+
+    # The diagnostics read only state["alpha"] / state["mask_density"]; share AlphaAdam's.
+    mask_statistics = AlphaAdam.mask_statistics
+    read_mask_statistics = AlphaAdam.read_mask_statistics
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            cfg = MaskConfig.from_group(group)
+            beta1, beta2 = group["betas"]
+            lr, weight_decay = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                check_real_dense("AlphaLion", p)
+                state = self.state[p]
+                if "exp_avg" not in state:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if cfg.active and "alpha" not in state:
+                    state["alpha"] = torch.ones((), dtype=p.dtype, device=p.device)
+                    state["mask_density"] = torch.ones((), dtype=p.dtype, device=p.device)
+                exp_avg = state["exp_avg"]
+                g = -p.grad if group["maximize"] else p.grad
+
+                # async reads m_{t-1}: it must be taken before the momentum update below.
+                phi = agreement_mask(g, exp_avg) if cfg.mask == "async" else None
+                direction = exp_avg.lerp(g, 1 - beta1)
+                if cfg.mask == "sync":
+                    phi = agreement_mask(g, direction)
+                update = direction.sign_()
+                update, alpha, density = mask_and_compensate(update, phi, cfg)
+
+                if weight_decay != 0:
+                    p.mul_(1 - lr * weight_decay)
+                add_scaled_(p, update, -lr)
+                exp_avg.lerp_(g, 1 - beta2)
+                if alpha is not None:
+                    state["alpha"].copy_(alpha)
+                    state["mask_density"].copy_(density)
+        return loss
