@@ -31,6 +31,7 @@ step's ``alpha`` and ``mask_density`` (0-d tensors, kept on the device).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import chain
 from typing import Any
 
 import torch
@@ -149,13 +150,33 @@ class AlphaAdam(Optimizer):
             fused=fused,
         )
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            MaskConfig.from_group(group)  # per-group overrides are validated too
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        # Per-group overrides of the mask options are validated like the constructor's,
+        # before the group is added (the constructor's groups come through here too).
+        MaskConfig.from_group({**self.defaults, **param_group})
+        super().add_param_group(param_group)
 
     @classmethod
     def preset(cls, name: str, params, **kwargs) -> AlphaAdam:
         """Build one of the Table 3 family by name (see :data:`PRESETS`)."""
         return alphaadam_preset(name, params, **kwargs)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        # torch.optim casts every floating state tensor to its parameter's dtype (rounding the
+        # fp32 moments of fp16/bf16 parameters) and leaves ``step`` on the device it was saved
+        # from. Rebuild the layout _init_group creates from the checkpoint's own values.
+        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        for saved_id, p in zip(saved_ids, params):
+            for key, value in state_dict["state"].get(saved_id, {}).items():
+                if not (isinstance(value, Tensor) and value.is_floating_point()):
+                    continue
+                dtype = torch.float32 if key == "step" else _state_dtype(p)
+                loaded = self.state[p][key]
+                if loaded.dtype != dtype or loaded.device != p.device:
+                    self.state[p][key] = value.to(device=p.device, dtype=dtype, copy=True)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

@@ -51,6 +51,9 @@ class Task(abc.ABC):
     the accelerate ``Accelerator`` (use ``accelerator.main_process_first()`` for caches).
     """
 
+    #: short task name recorded in summary.json (``"lm"``, ``"glue"``, ``"gsm8k"``); when
+    #: empty the trainer uses the task module's name
+    name: str = ""
     #: metric the summary calls "best" (e.g. ``"val_loss"``, ``"accuracy"``, ``"matthews"``)
     primary_metric: str = "val_loss"
     #: ``"min"`` or ``"max"``
@@ -83,4 +86,8 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, model: nn.Module, accelerator) -> dict[str, float]:
         """Metrics on the held-out split: always ``val_loss`` where a loss exists, plus
-        the task's metrics (``accuracy``, ``f1``, ``pearson``, ...)."""
+        the task's metrics (``accuracy``, ``f1``, ``pearson``, ...).
+
+        The trainer calls this on every process, in eval mode, under ``torch.no_grad()``
+        and the accelerator's autocast, and restores train mode afterwards; every process
+        must return the same numbers (reduce over processes)."""

@@ -1,0 +1,177 @@
+"""Token caches: each corpus is tokenised once into ``train.bin`` / ``val.bin`` (uint16
+memmaps, as nanoGPT stores OpenWebText) in a cache folder keyed by its inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .tokenizers import Tokenizer
+
+SPLITS = ("train", "val")
+
+
+def _finished(folder: Path) -> bool:
+    return all((folder / f"{s}.bin").is_file() for s in SPLITS)
+
+
+def _publish(tmp: Path, folder: Path) -> Path:
+    """Move a fully written cache into place in one rename, so a crash never leaves half."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, folder)
+    except OSError:
+        # Another process published the same cache first; theirs is as good as ours.
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not _finished(folder):
+            raise
+    return folder
+
+
+def _write_tokens(ids: np.ndarray, path: Path) -> None:
+    out = np.memmap(path, dtype=np.uint16, mode="w+", shape=(len(ids),))
+    out[:] = ids
+    out.flush()
+    del out
+
+
+def _as_uint16(ids: Sequence[int], vocab_size: int) -> np.ndarray:
+    if vocab_size > 2**16:
+        raise ValueError(f"vocabulary of {vocab_size} tokens does not fit the uint16 cache")
+    return np.asarray(ids, dtype=np.uint16)
+
+
+def text_cache(
+    paths: Sequence[str | os.PathLike],
+    tokenizer: Tokenizer,
+    cache_root: str | os.PathLike,
+    val_fraction: float,
+) -> Path:
+    """Tokenise local text files (concatenated in order, ``<|endoftext|>`` between files
+    when the tokenizer has one); the last ``val_fraction`` of the tokens is validation."""
+    files = [Path(p).expanduser().resolve() for p in paths]
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"data.path: text file {f} does not exist")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+    key = json.dumps(
+        {
+            "files": [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files],
+            "tokenizer": tokenizer.name,
+            "val_fraction": val_fraction,
+        }
+    )
+    folder = Path(cache_root).expanduser() / "text" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    if _finished(folder):
+        return folder
+    ids: list[int] = []
+    for f in files:
+        ids.extend(tokenizer.encode(f.read_text(encoding="utf-8")))
+        if tokenizer.eot_token is not None:
+            ids.append(tokenizer.eot_token)
+    tokens = _as_uint16(ids, tokenizer.vocab_size)
+    n_val = max(1, int(len(tokens) * val_fraction))
+    tmp = folder.parent / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir(parents=True)
+    _write_tokens(tokens[:-n_val], tmp / "train.bin")
+    _write_tokens(tokens[-n_val:], tmp / "val.bin")
+    (tmp / "meta.json").write_text(key + "\n")
+    return _publish(tmp, folder)
+
+
+def openwebtext_cache(
+    tokenizer: Tokenizer,
+    cache_root: str | os.PathLike,
+    dataset: str = "Skylion007/openwebtext",
+    num_proc: int = 8,
+    val_size: float = 0.0005,
+    split_seed: int = 2357,
+) -> Path:
+    """nanoGPT's ``data/openwebtext/prepare.py``: HF ``datasets`` download, the same
+    0.05% validation split (seed 2357), GPT-2 BPE + <|endoftext|> per document, written
+    into uint16 memmaps in 1024 shards with a progress bar. ~9B train tokens, ~17 GB."""
+    if tokenizer.name != "gpt2":
+        raise ValueError("OpenWebText is prepared with the GPT-2 tokenizer (data.tokenizer=gpt2)")
+    folder = Path(cache_root).expanduser() / "openwebtext" / f"gpt2-{val_size}-{split_seed}"
+    if _finished(folder):
+        return folder
+    import datasets
+    from tqdm.auto import tqdm
+
+    if datasets.config.HF_HUB_OFFLINE:
+        raise RuntimeError(
+            f"OpenWebText is not prepared in {folder} and preparing it downloads {dataset} "
+            "from the Hugging Face Hub, but HF_HUB_OFFLINE is set. Run once with network "
+            "access (or copy a prepared train.bin/val.bin into that folder)."
+        )
+    try:
+        raw = datasets.load_dataset(dataset, num_proc=num_proc)
+    except Exception as exc:
+        raise RuntimeError(
+            f"Could not load {dataset} from the Hugging Face Hub: preparing OpenWebText needs "
+            f"network access the first time (then it is cached in {folder}). Cause: {exc!r}"
+        ) from exc
+    split = raw["train"].train_test_split(test_size=val_size, seed=split_seed, shuffle=True)
+    split["val"] = split.pop("test")
+
+    def tokenize(example):
+        ids = tokenizer.encode(example["text"]) + [tokenizer.eot_token]
+        return {"ids": ids, "len": len(ids)}
+
+    tokenized = split.map(
+        tokenize, remove_columns=["text"], desc="tokenizing OpenWebText", num_proc=num_proc
+    )
+    tmp = folder.parent / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir(parents=True)
+    for name, dset in tokenized.items():
+        total = int(np.sum(dset["len"], dtype=np.uint64))
+        out = np.memmap(tmp / f"{name}.bin", dtype=np.uint16, mode="w+", shape=(total,))
+        shards = min(1024, len(dset))
+        pos = 0
+        for i in tqdm(range(shards), desc=f"writing {name}.bin"):
+            shard = dset.shard(num_shards=shards, index=i, contiguous=True).with_format("numpy")
+            chunk = np.concatenate(shard["ids"])
+            out[pos : pos + len(chunk)] = chunk
+            pos += len(chunk)
+        out.flush()
+        del out
+    (tmp / "meta.json").write_text(json.dumps({"dataset": dataset, "val_size": val_size}) + "\n")
+    return _publish(tmp, folder)
+
+
+# ---------------------------------------------------------------------------------------
+# The smoke corpus: generated, deterministic and learnable, so ``python train.py`` needs
+# no download and its loss visibly falls within a minute on a CPU.
+# ---------------------------------------------------------------------------------------
+_NAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
+_VERBS = ["sees", "finds", "likes", "paints", "follows", "greets"]
+_ADJECTIVES = ["red", "small", "quiet", "bright", "old", "green"]
+_NOUNS = ["cat", "boat", "tree", "house", "river", "lamp", "bird"]
+
+
+def smoke_text(n_sentences: int = 20000, seed: int = 0) -> str:
+    """Sentences from a small grammar plus a counting rule: the number that ends each
+    sentence is the count of words before it, so a model must attend back to predict it."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n_sentences):
+        words = [rng.choice(_NAMES), rng.choice(_VERBS), "the"]
+        words += rng.sample(_ADJECTIVES, rng.randint(0, 2)) + [rng.choice(_NOUNS)]
+        lines.append(f"{' '.join(words)} {len(words)}.")
+    return "\n".join(lines) + "\n"
+
+
+def smoke_cache(tokenizer: Tokenizer, val_fraction: float, seed: int = 0) -> dict[str, np.ndarray]:
+    """The smoke corpus as in-memory token arrays (it is regenerated in well under a second)."""
+    tokens = _as_uint16(tokenizer.encode(smoke_text(seed=seed)), tokenizer.vocab_size)
+    n_val = max(1, int(len(tokens) * val_fraction))
+    return {"train": tokens[:-n_val], "val": tokens[-n_val:]}

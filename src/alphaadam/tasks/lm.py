@@ -1,0 +1,182 @@
+"""Causal language modelling (GPT-2 pretraining): nanoGPT's random-window batches over a
+tokenised corpus (OpenWebText, local text files, or the generated smoke corpus)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.corpus import openwebtext_cache, smoke_cache, text_cache
+from ..data.tokenizers import build_tokenizer
+from ..models.gpt import build_gpt
+from .base import Batch, BatchStream, Task
+
+SOURCES = ("smoke", "text", "openwebtext")
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A counter-based hash: sample ``j``'s window depends only on (seed, j)."""
+    with np.errstate(over="ignore"):
+        z = x.astype(np.uint64) + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def window_offsets(seed: int, sample_ids: np.ndarray, n_tokens: int, block_size: int) -> np.ndarray:
+    """Start offsets of the windows for global sample numbers ``sample_ids``."""
+    n_starts = n_tokens - block_size
+    if n_starts < 1:
+        raise ValueError(
+            f"the split has {n_tokens} tokens, too few for windows of block_size={block_size}"
+        )
+    key = _splitmix64(np.array([seed], dtype=np.uint64))
+    return (_splitmix64(sample_ids.astype(np.uint64) ^ key) % np.uint64(n_starts)).astype(np.int64)
+
+
+def windows(tokens: np.ndarray, offsets: np.ndarray, block_size: int) -> Batch:
+    x = np.stack([tokens[o : o + block_size] for o in offsets]).astype(np.int64)
+    y = np.stack([tokens[o + 1 : o + 1 + block_size] for o in offsets]).astype(np.int64)
+    return {"input_ids": torch.from_numpy(x), "labels": torch.from_numpy(y)}
+
+
+class WindowStream(BatchStream):
+    """Random windows of ``block_size + 1`` tokens, as nanoGPT's ``get_batch``.
+
+    Global sample ``j`` is drawn from ``hash(seed, j)``; draw ``c`` of rank ``r`` among
+    ``W`` takes samples ``(c * W + r) * B ... + B - 1``. So one optimizer step sees the same
+    set of windows for any split of its global batch into processes x accumulation steps,
+    and the position is one integer.
+    """
+
+    def __init__(
+        self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int, rank: int, world: int
+    ) -> None:
+        self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
+        self.seed, self.rank, self.world = seed, rank, world
+        self.draws = 0
+
+    def __next__(self) -> Batch:
+        first = (self.draws * self.world + self.rank) * self.batch_size
+        ids = np.arange(first, first + self.batch_size, dtype=np.uint64)
+        self.draws += 1
+        offsets = window_offsets(self.seed, ids, len(self.tokens), self.block_size)
+        return windows(self.tokens, offsets, self.block_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"draws": self.draws, "seed": self.seed, "world": self.world}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["world"] != self.world or state["seed"] != self.seed:
+            raise ValueError(
+                f"data position was saved with world size {state['world']} and seed "
+                f"{state['seed']}; this run has {self.world} and {self.seed}"
+            )
+        self.draws = int(state["draws"])
+
+
+class LMTask(Task):
+    """Next-token prediction with a nanoGPT GPT.
+
+    ``data`` keys: ``name``, ``source`` (smoke | text | openwebtext), ``path`` (text files),
+    ``tokenizer`` (gpt2 | byte), ``tokenizer_dir``, ``block_size``, ``val_fraction``,
+    ``cache_dir``, ``eval_iters``, ``eval_batch_size``, ``num_proc``.
+    ``model`` keys: the ``build_gpt`` arguments except ``vocab_size`` (``null`` = the
+    tokenizer's, padded up to ``pad_vocab_multiple``).
+    """
+
+    name = "lm"
+    primary_metric = "val_loss"
+    primary_mode = "min"
+
+    def __init__(self, data: Mapping[str, Any], model: Mapping[str, Any]) -> None:
+        self.data_cfg = dict(data)
+        self.model_cfg = dict(model)
+        source = self.data_cfg.get("source")
+        if source not in SOURCES:
+            raise ValueError(
+                f"Unknown data.source {source!r}; valid choices are {', '.join(SOURCES)}"
+            )
+        if source == "text":
+            paths = self.data_cfg.get("path")
+            if not paths:
+                raise ValueError("data=text needs data.path=<text file> (or a list of files)")
+            paths = [paths] if isinstance(paths, str) else list(paths)
+            for p in paths:
+                if not Path(p).expanduser().is_file():
+                    raise FileNotFoundError(
+                        f"data.path: text file {Path(p).expanduser()} does not exist"
+                    )
+            self.data_cfg["path"] = paths
+        self.splits: dict[str, np.ndarray] = {}
+
+    def setup(self, accelerator) -> None:
+        d = self.data_cfg
+        self.tokenizer = build_tokenizer(d.get("tokenizer", "gpt2"), d.get("tokenizer_dir"))
+        if d["source"] == "smoke":
+            self.splits = smoke_cache(
+                self.tokenizer, d.get("val_fraction", 0.1), d.get("corpus_seed", 0)
+            )
+            return
+        with accelerator.main_process_first():  # tokenise once; the other ranks read the cache
+            if d["source"] == "text":
+                folder = text_cache(
+                    d["path"], self.tokenizer, d["cache_dir"], d.get("val_fraction", 0.1)
+                )
+            else:
+                folder = openwebtext_cache(
+                    self.tokenizer, d["cache_dir"], num_proc=d.get("num_proc", 8)
+                )
+        self.splits = {
+            s: np.memmap(folder / f"{s}.bin", dtype=np.uint16, mode="r") for s in ("train", "val")
+        }
+
+    @property
+    def block_size(self) -> int:
+        return int(self.data_cfg["block_size"])
+
+    def build_model(self) -> nn.Module:
+        cfg = dict(self.model_cfg)
+        multiple = cfg.pop("pad_vocab_multiple", 64)
+        cfg.pop("name", None)
+        if cfg.get("vocab_size") is None:
+            cfg["vocab_size"] = math.ceil(self.tokenizer.vocab_size / multiple) * multiple
+        cfg["block_size"] = self.block_size
+        return build_gpt(**cfg)
+
+    def train_stream(
+        self, micro_batch_size: int, seed: int, rank: int, world_size: int
+    ) -> BatchStream:
+        return WindowStream(
+            self.splits["train"], self.block_size, micro_batch_size, seed, rank, world_size
+        )
+
+    def compute_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        _, loss = model(batch["input_ids"], batch["labels"])
+        return loss
+
+    def evaluate(self, model: nn.Module, accelerator) -> dict[str, float]:
+        """Mean loss over ``eval_iters`` fixed validation batches (the same windows at
+        every evaluation, so curves compare checkpoints rather than sampling noise)."""
+        iters, batch = int(self.data_cfg["eval_iters"]), int(self.data_cfg["eval_batch_size"])
+        val = self.splits["val"]
+        total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+        for i in range(accelerator.process_index, iters, accelerator.num_processes):
+            ids = np.arange(i * batch, (i + 1) * batch, dtype=np.uint64)
+            offsets = window_offsets(0, ids, len(val), self.block_size)
+            b = {
+                k: v.to(accelerator.device)
+                for k, v in windows(val, offsets, self.block_size).items()
+            }
+            total[0] += self.compute_loss(model, b).double()
+            total[1] += 1
+        total = accelerator.reduce(total, reduction="sum")
+        return {"val_loss": float(total[0] / total[1])}

@@ -1,0 +1,17 @@
+"""Train with the shared trainer. ``python train.py`` is the CPU smoke run;
+``python train.py experiment=gpt2_small optimizer=alphaadam`` is GPT-2 small on OpenWebText.
+See docs/trainer.md."""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from alphaadam.trainer import main as train_main  # after Hydra's fast --help / --cfg paths
+
+    train_main(cfg)
+
+
+if __name__ == "__main__":
+    main()
