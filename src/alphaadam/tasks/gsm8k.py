@@ -1,0 +1,280 @@
+"""Supervised fine-tuning on GSM8K (the paper's Table 2, Figure 3).
+
+Each example is ``Question: <question>\\nAnswer:`` followed by `` <answer>`` (worked solution
+ending in ``#### <number>``) and EOS: the prompt format of lm-eval's ``gsm8k`` task, so the
+fine-tuned model is scored on the format it learned. Only answer tokens are trained on:
+prompt positions get label -100. Prompt and answer are tokenised separately so that the
+mask boundary is exact.
+
+``data.packing``: concatenate whole examples (never split) into sequences of up to
+``max_length`` tokens, with ``position_ids`` restarting at each example. Eager/SDPA attention
+still lets a packed example attend to earlier ones in its sequence; only
+``model.attn_implementation=flash_attention_2`` isolates them via ``position_ids``.
+
+``evaluate``: ``val_loss`` (answer tokens, test split) and, with
+``data.eval_generate_examples > 0``, greedy exact match on that many test problems. Table 2's
+accuracy comes from lm-evaluation-harness on the final checkpoint (docs/finetuning.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from alphaadam.eval.gsm8k import format_prompt, read_gsm8k_jsonl, score_gsm8k
+from alphaadam.tasks.base import Batch, Task
+from alphaadam.tasks.epoch_stream import EpochBatchStream, epoch_steps
+from alphaadam.tasks.glue import _cfg_get
+
+log = logging.getLogger(__name__)
+
+HF_GSM8K_DATASET = "openai/gsm8k"
+DEFAULT_MODEL = "meta-llama/Llama-2-7b-hf"
+IGNORE_INDEX = -100
+
+
+def load_gsm8k_split(split: str, path: str | None, hf_dataset: str) -> list[dict[str, str]]:
+    """``split`` is ``"train"`` or ``"test"``. ``path``: a directory with ``<split>.jsonl``,
+    or (for train) the jsonl file itself, whose sibling ``test.jsonl`` is the test split."""
+    if path is not None:
+        p = Path(path)
+        if p.is_dir():
+            return read_gsm8k_jsonl(p / f"{split}.jsonl")
+        return read_gsm8k_jsonl(p if split == "train" else p.with_name("test.jsonl"))
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(hf_dataset, "main", split=split)
+    except Exception as err:  # noqa: BLE001 - re-raised with the offline alternative named
+        raise RuntimeError(
+            f"could not load {hf_dataset}/main from the hub ({err}); "
+            "offline, set data.path to a directory with train.jsonl and test.jsonl"
+        ) from err
+    return [{"question": r["question"], "answer": r["answer"]} for r in ds]
+
+
+def tokenize_sft(tokenizer, record: dict[str, str], max_length: int) -> dict[str, list[int]] | None:
+    """``input_ids``/``labels`` of one example, prompt masked; ``None`` when truncation to
+    ``max_length`` would leave no answer token."""
+    prompt = tokenizer(format_prompt(record["question"]), add_special_tokens=True)["input_ids"]
+    answer = tokenizer(" " + record["answer"].strip(), add_special_tokens=False)["input_ids"]
+    answer = answer + [tokenizer.eos_token_id]
+    input_ids = (prompt + answer)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt) + answer)[:max_length]
+    if all(t == IGNORE_INDEX for t in labels):
+        return None
+    return {"input_ids": input_ids, "labels": labels, "position_ids": list(range(len(input_ids)))}
+
+
+def pack_examples(
+    examples: list[dict[str, list[int]]], max_length: int
+) -> list[dict[str, list[int]]]:
+    """Greedy in-order packing of whole examples into sequences of at most ``max_length``."""
+    packed: list[dict[str, list[int]]] = []
+    current: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+    for ex in examples:
+        if current["input_ids"] and len(current["input_ids"]) + len(ex["input_ids"]) > max_length:
+            packed.append(current)
+            current = {"input_ids": [], "labels": [], "position_ids": []}
+        for key in current:
+            current[key] = current[key] + ex[key]
+    if current["input_ids"]:
+        packed.append(current)
+    return packed
+
+
+class GSM8KTask(Task):
+    """``data``: ``path`` (local jsonl dir/file, else the hub), ``hf_dataset``,
+    ``max_length`` (512), ``packing``, ``eval_batch_size``, ``eval_examples`` (test problems
+    for ``val_loss``, all when null), ``eval_generate_examples`` (0), ``max_new_tokens``.
+    ``model``: ``name_or_path``, ``tokenizer``, ``dtype`` (weights: float32 | bfloat16),
+    ``gradient_checkpointing``, ``attn_implementation``."""
+
+    primary_metric = "val_loss"
+    primary_mode = "min"
+
+    def __init__(self, data: Mapping | None = None, model: Mapping | None = None):
+        self.path = _cfg_get(data, "path")
+        self.hf_dataset = _cfg_get(data, "hf_dataset", HF_GSM8K_DATASET)
+        self.max_length = int(_cfg_get(data, "max_length", 512))
+        self.packing = bool(_cfg_get(data, "packing", False))
+        self.eval_batch_size = int(_cfg_get(data, "eval_batch_size", 8))
+        self.eval_examples = _cfg_get(data, "eval_examples")
+        self.eval_generate_examples = int(_cfg_get(data, "eval_generate_examples", 0))
+        self.max_new_tokens = int(_cfg_get(data, "max_new_tokens", 256))
+        self.model_path = str(_cfg_get(model, "name_or_path", DEFAULT_MODEL))
+        self.tokenizer_path = str(_cfg_get(model, "tokenizer", self.model_path))
+        dtype = str(_cfg_get(model, "dtype", "float32"))
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"model.dtype {dtype!r}; valid: float32, bfloat16, float16")
+        self.dtype = getattr(torch, dtype)
+        self.gradient_checkpointing = bool(_cfg_get(model, "gradient_checkpointing", False))
+        self.attn_implementation = _cfg_get(model, "attn_implementation")
+        self.tokenizer = None
+        self.train_examples: list[dict[str, list[int]]] | None = None
+
+    def setup(self, accelerator=None) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError(f"tokenizer {self.tokenizer_path} has no EOS token")
+        # Llama has no pad token; pads are masked out of attention and loss anyway.
+        self.pad_token_id = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.tokenizer.eos_token_id
+        )
+        if accelerator is not None:
+            with accelerator.main_process_first():
+                train, test = self._load_raw()
+        else:
+            train, test = self._load_raw()
+        limit = None if self.eval_examples is None else int(self.eval_examples)
+        self.test_records = test[:limit]
+        self.train_examples = self._encode(train, "train")
+        self.val_examples = self._encode(self.test_records, "test")
+        if self.packing:
+            self.train_examples = pack_examples(self.train_examples, self.max_length)
+        log.info(
+            "GSM8K: %d train sequences (packing=%s), %d test problems for val_loss",
+            len(self.train_examples),
+            self.packing,
+            len(self.val_examples),
+        )
+
+    def _load_raw(self):
+        return (
+            load_gsm8k_split("train", self.path, self.hf_dataset),
+            load_gsm8k_split("test", self.path, self.hf_dataset),
+        )
+
+    def _encode(self, records, split):
+        encoded = [tokenize_sft(self.tokenizer, r, self.max_length) for r in records]
+        dropped = sum(e is None for e in encoded)
+        if dropped:
+            log.warning(
+                "GSM8K %s: %d examples dropped (prompt alone >= max_length %d)",
+                split,
+                dropped,
+                self.max_length,
+            )
+        return [e for e in encoded if e is not None]
+
+    def collate(self, features: list[dict[str, list[int]]]) -> Batch:
+        width = max(len(f["input_ids"]) for f in features)
+        batch = {
+            "input_ids": torch.full((len(features), width), self.pad_token_id, dtype=torch.long),
+            "labels": torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long),
+            "attention_mask": torch.zeros((len(features), width), dtype=torch.long),
+        }
+        if self.packing:
+            batch["position_ids"] = torch.zeros((len(features), width), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            batch["input_ids"][row, :n] = torch.tensor(f["input_ids"])
+            batch["labels"][row, :n] = torch.tensor(f["labels"])
+            batch["attention_mask"][row, :n] = 1
+            if self.packing:
+                batch["position_ids"][row, :n] = torch.tensor(f["position_ids"])
+        return batch
+
+    def _require_setup(self):
+        if self.train_examples is None:
+            raise RuntimeError("GSM8KTask.setup() must run before data or evaluation is used")
+
+    def train_stream(self, micro_batch_size: int, seed: int, rank: int, world_size: int):
+        self._require_setup()
+        return EpochBatchStream(
+            self.train_examples, self.collate, micro_batch_size, seed, rank, world_size
+        )
+
+    def steps_per_epoch(self, global_batch_size: int) -> int:
+        self._require_setup()
+        return epoch_steps(len(self.train_examples), global_batch_size)
+
+    def build_model(self) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        kwargs: dict[str, Any] = {"dtype": self.dtype}
+        if self.attn_implementation is not None:
+            kwargs["attn_implementation"] = self.attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, **kwargs)
+        if self.gradient_checkpointing:
+            # Non-reentrant checkpointing works with FSDP and with frozen inputs.
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+            model.config.use_cache = False
+        return model
+
+    def compute_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        device = next(model.parameters()).device
+        return model(**{k: v.to(device) for k, v in batch.items()}).loss
+
+    def count_tokens(self, batch: Batch) -> int:
+        return int(batch["attention_mask"].sum())
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, accelerator=None) -> dict[str, float]:
+        """Token-averaged answer loss on the test problems; exact match when enabled."""
+        self._require_setup()
+        rank = accelerator.process_index if accelerator is not None else 0
+        world = accelerator.num_processes if accelerator is not None else 1
+        n = len(self.val_examples)
+        per_rank = math.ceil(n / world)
+        shard = list(range(rank * per_rank, min(n, (rank + 1) * per_rank)))
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        tokens = torch.zeros((), dtype=torch.float64, device=device)
+        try:
+            for start in range(0, len(shard), self.eval_batch_size):
+                batch = self.collate(
+                    [self.val_examples[i] for i in shard[start : start + self.eval_batch_size]]
+                )
+                batch = {k: v.to(device) for k, v in batch.items()}
+                labels = batch.pop("labels")
+                if accelerator is not None:
+                    with accelerator.autocast():
+                        logits = model(**batch).logits
+                else:
+                    logits = model(**batch).logits
+                shift_logits = logits[:, :-1].float()
+                shift_labels = labels[:, 1:]
+                loss_sum += torch.nn.functional.cross_entropy(
+                    shift_logits.reshape(-1, shift_logits.shape[-1]),
+                    shift_labels.reshape(-1),
+                    ignore_index=IGNORE_INDEX,
+                    reduction="sum",
+                ).double()
+                tokens += (shift_labels != IGNORE_INDEX).sum()
+        finally:
+            model.train(was_training)
+        if accelerator is not None and world > 1:
+            loss_sum = accelerator.reduce(loss_sum, reduction="sum")
+            tokens = accelerator.reduce(tokens, reduction="sum")
+        metrics = {"val_loss": float(loss_sum / tokens)}
+        if self.eval_generate_examples > 0:
+            metrics.update(self._exact_match(model, accelerator))
+        return metrics
+
+    def _exact_match(self, model, accelerator) -> dict[str, float]:
+        # Generation runs on the unwrapped model of every process over the same problems
+        # (kept small during training); the final number comes from lm-eval or the CLI.
+        unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
+        result = score_gsm8k(
+            unwrapped,
+            self.tokenizer,
+            self.test_records[: self.eval_generate_examples],
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.eval_batch_size,
+        )
+        return {k: float(result[k]) for k in ("exact_match_strict", "exact_match_flexible")}

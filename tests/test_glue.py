@@ -1,0 +1,161 @@
+"""GLUE task adapter: tsv layouts, labels, dynamic padding, resumable stream, train + eval."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _finetune_fixtures import write_glue_dir, write_tiny_roberta
+from alphaadam.tasks.glue import GLUE_TASKS, GlueTask, glue_spec, read_glue_tsv
+
+
+@pytest.fixture(scope="module")
+def glue_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("glue")
+    return write_glue_dir(root / "glue"), write_tiny_roberta(root / "roberta")
+
+
+def make_task(glue_env, task, **data):
+    glue_dir, model_dir = glue_env
+    cfg = {"task": task, "glue_dir": str(glue_dir), "max_length": 64, **data}
+    t = GlueTask(cfg, {"name_or_path": str(model_dir)})
+    t.setup(None)
+    return t
+
+
+def test_tsv_quirks_are_parsed(tmp_path):
+    (tmp_path / "MRPC").mkdir()
+    (tmp_path / "MRPC" / "dev.tsv").write_text(
+        '\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t1\t2\tHe said " hi .\tShe "\n',
+        encoding="utf-8",
+    )
+    (tmp_path / "CoLA").mkdir()
+    (tmp_path / "CoLA" / "dev.tsv").write_text("gj04\t0\t*\tBad sentence .\n")
+    (tmp_path / "RTE").mkdir()
+    (tmp_path / "RTE" / "dev.tsv").write_text(
+        "index\tsentence1\tsentence2\tlabel\n0\tA\tB\tnot_entailment\n1\tC\tD\tentailment\n"
+    )
+    (tmp_path / "STS-B").mkdir()
+    (tmp_path / "STS-B" / "dev.tsv").write_text(
+        "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+        "0\tg\tf\ty\t0\tn\tn\tA man.\tA guy.\t3.800\n"
+    )
+    assert read_glue_tsv(tmp_path / "MRPC" / "dev.tsv", glue_spec("mrpc")) == [
+        {"sentence1": 'He said " hi .', "sentence2": 'She "', "label": 1}
+    ]
+    assert read_glue_tsv(tmp_path / "CoLA" / "dev.tsv", glue_spec("CoLA")) == [
+        {"sentence": "Bad sentence .", "label": 0}
+    ]
+    # hub ids: entailment = 0, not_entailment = 1
+    rte = read_glue_tsv(tmp_path / "RTE" / "dev.tsv", glue_spec("RTE"))
+    assert [r["label"] for r in rte] == [1, 0]
+    assert read_glue_tsv(tmp_path / "STS-B" / "dev.tsv", glue_spec("STS-B")) == [
+        {"sentence1": "A man.", "sentence2": "A guy.", "label": pytest.approx(3.8)}
+    ]
+
+
+def test_bad_task_and_bad_label_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"'mnli'.*valid: cola, sst2"):
+        glue_spec("mnli")
+    (tmp_path / "RTE").mkdir()
+    (tmp_path / "RTE" / "dev.tsv").write_text(
+        "index\tsentence1\tsentence2\tlabel\n0\tA\tB\tmaybe\n"
+    )
+    with pytest.raises(ValueError, match=r"dev.tsv:2: label 'maybe' not in \['entailment'"):
+        read_glue_tsv(tmp_path / "RTE" / "dev.tsv", glue_spec("rte"))
+
+
+def test_primary_metrics_are_the_table1_numbers():
+    assert {n: s.primary_metric for n, s in GLUE_TASKS.items()} == {
+        "cola": "matthews_correlation",
+        "sst2": "accuracy",
+        "mrpc": "accuracy",
+        "stsb": "pearson",
+        "qqp": "accuracy",
+        "qnli": "accuracy",
+        "rte": "accuracy",
+    }
+
+
+def test_dynamic_padding_and_pair_encoding(glue_env):
+    task = make_task(glue_env, "rte")
+    stream = task.train_stream(micro_batch_size=4, seed=0, rank=0, world_size=1)
+    batch = next(stream)
+    lengths = batch["attention_mask"].sum(dim=1)
+    # padded to this batch's longest sequence only, not to max_length
+    assert batch["input_ids"].shape[1] == int(lengths.max()) < 64
+    pad = task.tokenizer.pad_token_id
+    for row, n in zip(batch["input_ids"], lengths):
+        assert (row[n:] == pad).all()
+        # <s> A </s> </s> B </s>: two sentences joined by the tokenizer's pair template
+        assert int((row[:n] == task.tokenizer.eos_token_id).sum()) == 3
+        assert int(row[0]) == task.tokenizer.bos_token_id
+
+
+def test_stream_resumes_exactly_and_shards(glue_env):
+    task = make_task(glue_env, "sst2")
+    a = task.train_stream(4, seed=3, rank=0, world_size=1)
+    for _ in range(17):  # crosses the epoch boundary (48 examples / 4 = 12 per epoch)
+        next(a)
+    state = a.state_dict()
+    assert a.epoch == pytest.approx(17 / 12)
+    expected = [next(a)["input_ids"] for _ in range(5)]
+    b = task.train_stream(4, seed=3, rank=0, world_size=1)
+    b.load_state_dict(state)
+    for want in expected:
+        assert torch.equal(next(b)["input_ids"], want)
+    # two ranks cover one epoch exactly once between them
+    seen = []
+    for rank in (0, 1):
+        s = task.train_stream(8, seed=3, rank=rank, world_size=2)
+        seen += [tuple(ex) for _ in range(3) for ex in next(s)["input_ids"].tolist()]
+    all_rows = sorted(tuple(ex["input_ids"]) for ex in task.train_examples)
+    assert sorted(tuple(t for t in r if t != task.tokenizer.pad_token_id) for r in seen) == all_rows
+    assert task.steps_per_epoch(32) == 2  # ceil(48 / 32)
+
+
+@pytest.mark.parametrize("name", sorted(GLUE_TASKS))
+def test_each_task_trains_and_evaluates(glue_env, name):
+    task = make_task(glue_env, name)
+    torch.manual_seed(0)
+    model = task.build_model()
+    assert model.config.num_labels == (1 if name == "stsb" else 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    stream = task.train_stream(16, seed=0, rank=0, world_size=1)
+    before = task.evaluate(model, None)
+    for _ in range(12):
+        loss = task.compute_loss(model, next(stream))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    after = task.evaluate(model, None)
+    expected_keys = {
+        "cola": {"matthews_correlation"},
+        "stsb": {"pearson", "spearmanr"},
+        "mrpc": {"accuracy", "f1"},
+        "qqp": {"accuracy", "f1"},
+    }.get(name, {"accuracy"})
+    assert set(after) == {"val_loss"} | expected_keys
+    assert after[task.primary_metric] == after[GLUE_TASKS[name].primary_metric]
+    # the fixture's labels follow one sentiment word: a few steps must learn something
+    assert after["val_loss"] < before["val_loss"]
+
+
+def test_eval_metric_matches_a_recomputation(glue_env):
+    task = make_task(glue_env, "mrpc")
+    model = task.build_model()
+    metrics = task.evaluate(model, None)
+    model.eval()
+    with torch.no_grad():
+        batch = task.collate(task.dev_examples)
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    pred = logits.argmax(-1)
+    labels = batch["labels"]
+    tp = int(((pred == 1) & (labels == 1)).sum())
+    fp = int(((pred == 1) & (labels == 0)).sum())
+    fn = int(((pred == 0) & (labels == 1)).sum())
+    assert metrics["accuracy"] == pytest.approx(float((pred == labels).float().mean()))
+    assert metrics["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    assert metrics["val_loss"] == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, labels)), rel=1e-5
+    )

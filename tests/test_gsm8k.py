@@ -1,0 +1,190 @@
+"""GSM8K SFT adapter: prompt masking, truncation, packing, loss, exact-match and lm-eval."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from _finetune_fixtures import GSM8K_PROBLEMS, write_gsm8k_dir, write_tiny_llama
+from alphaadam.eval.gsm8k import main as gsm8k_cli
+from alphaadam.eval.gsm8k import score_gsm8k
+from alphaadam.tasks.gsm8k import GSM8KTask, pack_examples, tokenize_sft
+
+
+@pytest.fixture(scope="module")
+def gsm_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gsm8k")
+    return write_gsm8k_dir(root / "data"), write_tiny_llama(root / "llama", hidden=64)
+
+
+def make_task(gsm_env, **data):
+    data_dir, model_dir = gsm_env
+    task = GSM8KTask(
+        {"path": str(data_dir), "max_length": 128, **data}, {"name_or_path": str(model_dir)}
+    )
+    task.setup(None)
+    return task
+
+
+def test_prompt_is_masked_and_answer_is_trained(gsm_env):
+    task = make_task(gsm_env)
+    tok = task.tokenizer
+    q, a = GSM8K_PROBLEMS[0]
+    ex = tokenize_sft(tok, {"question": q, "answer": a}, 128)
+    prompt_len = len(tok(f"Question: {q}\nAnswer:")["input_ids"])
+    assert ex["labels"][:prompt_len] == [-100] * prompt_len
+    assert ex["labels"][prompt_len:] == ex["input_ids"][prompt_len:]
+    assert tok.decode(ex["input_ids"][prompt_len:]) == f" {a}</s>"
+    assert ex["input_ids"][0] == tok.bos_token_id
+
+
+def test_truncation_keeps_prompt_and_drops_answerless(gsm_env):
+    tok = make_task(gsm_env).tokenizer
+    q, a = GSM8K_PROBLEMS[1]
+    prompt_len = len(tok(f"Question: {q}\nAnswer:")["input_ids"])
+    cut = tokenize_sft(tok, {"question": q, "answer": a}, prompt_len + 2)
+    assert len(cut["input_ids"]) == prompt_len + 2
+    assert sum(label != -100 for label in cut["labels"]) == 2
+    assert tokenize_sft(tok, {"question": q, "answer": a}, prompt_len) is None
+
+
+def test_packing_keeps_whole_examples_and_restarts_positions(gsm_env):
+    task = make_task(gsm_env)
+    examples = task.train_examples
+    packed = pack_examples(examples, 128)
+    assert len(packed) < len(examples)
+    assert all(len(p["input_ids"]) <= 128 for p in packed)
+    assert sum(len(p["input_ids"]) for p in packed) == sum(len(e["input_ids"]) for e in examples)
+    assert sum(p["input_ids"].count(task.tokenizer.bos_token_id) for p in packed) == len(examples)
+    first = packed[0]
+    starts = [i for i, pos in enumerate(first["position_ids"]) if pos == 0]
+    assert len(starts) >= 2 and all(
+        first["input_ids"][i] == task.tokenizer.bos_token_id for i in starts
+    )
+    batch = make_task(gsm_env, packing=True).collate(packed[:2])
+    assert torch.equal(
+        batch["position_ids"][0, : len(first["input_ids"])], torch.tensor(first["position_ids"])
+    )
+
+
+def test_loss_is_mean_over_answer_tokens(gsm_env):
+    task = make_task(gsm_env)
+    model = task.build_model()
+    batch = next(task.train_stream(4, seed=0, rank=0, world_size=1))
+    loss = task.compute_loss(model, batch)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logp = torch.log_softmax(logits.float(), -1)
+    total, count = 0.0, 0
+    for b in range(batch["input_ids"].shape[0]):
+        for t in range(1, batch["input_ids"].shape[1]):
+            if batch["labels"][b, t] != -100:
+                total -= float(logp[b, t - 1, batch["labels"][b, t]])
+                count += 1
+    assert float(loss) == pytest.approx(total / count, rel=1e-5)
+    assert task.steps_per_epoch(32) == 1 and task.steps_per_epoch(5) == 4  # 16 examples
+
+
+def overfit(task, steps=120):
+    torch.manual_seed(0)
+    model = task.build_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    stream = task.train_stream(4, seed=0, rank=0, world_size=1)
+    for _ in range(steps):
+        task.compute_loss(model, next(stream)).backward()
+        opt.step()
+        opt.zero_grad()
+    return model
+
+
+def test_sft_then_exact_match_and_val_loss(gsm_env, tmp_path):
+    task = make_task(gsm_env, eval_generate_examples=4, max_new_tokens=24)
+    before = task.evaluate(task.build_model(), None)
+    assert before["exact_match_strict"] == 0.0
+    model = overfit(task)
+    after = task.evaluate(model, None)
+    assert after["val_loss"] < 0.1 < before["val_loss"]
+    # the test problems are the training problems: a memorising model answers them all
+    assert after["exact_match_strict"] == 1.0 and after["exact_match_flexible"] == 1.0
+    out = score_gsm8k(model, task.tokenizer, task.test_records, max_new_tokens=24)
+    assert out["completions"][1].strip().endswith("#### 24")
+
+    model.save_pretrained(tmp_path / "ft")
+    task.tokenizer.save_pretrained(tmp_path / "ft")
+    result = gsm8k_cli(
+        [
+            "--model",
+            str(tmp_path / "ft"),
+            "--data",
+            str(gsm_env[0]),
+            "--dtype",
+            "float32",
+            "--max-new-tokens",
+            "24",
+            "--output",
+            str(tmp_path / "em.json"),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert result["exact_match_strict"] == 1.0
+    assert json.loads((tmp_path / "em.json").read_text())["num_examples"] == 4
+
+
+@pytest.mark.slow
+def test_lm_eval_local_task_scores_the_finetuned_model(gsm_env, tmp_path):
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    from alphaadam.eval import LM_EVAL_TASKS_DIR
+
+    task = make_task(gsm_env)
+    model = overfit(task)
+    model.save_pretrained(tmp_path / "ft")
+    task.tokenizer.save_pretrained(tmp_path / "ft")
+    manager = TaskManager(
+        include_path=str(LM_EVAL_TASKS_DIR), metadata={"data_dir": str(gsm_env[0])}
+    )
+    kwargs = dict(
+        model="hf",
+        tasks=["gsm8k_local"],
+        num_fewshot=0,
+        task_manager=manager,
+        device="cpu",
+        batch_size=4,
+        gen_kwargs="max_gen_toks=24",
+    )
+    trained = lm_eval.simple_evaluate(
+        model_args=f"pretrained={tmp_path / 'ft'},dtype=float32", **kwargs
+    )
+    res = trained["results"]["gsm8k_local"]
+    assert res["sample_len"] == 4
+    assert res["exact_match,strict-match"] == 1.0
+    assert res["exact_match,flexible-extract"] == 1.0
+    untrained = lm_eval.simple_evaluate(
+        model_args=f"pretrained={gsm_env[1]},dtype=float32", **kwargs
+    )
+    assert untrained["results"]["gsm8k_local"]["exact_match,strict-match"] == 0.0
+
+
+def test_lm_eval_task_needs_data_offline(monkeypatch, tmp_path):
+    pytest.importorskip("lm_eval")
+    import importlib.util
+
+    from alphaadam.eval import LM_EVAL_TASKS_DIR
+
+    spec = importlib.util.spec_from_file_location(
+        "u", LM_EVAL_TASKS_DIR / "gsm8k_local" / "utils.py"
+    )
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    monkeypatch.delenv("GSM8K_DATA_DIR", raising=False)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        utils.load_gsm8k(data_dir=str(tmp_path))
+    write_gsm8k_dir(tmp_path, n_train=3, n_test=2)
+    monkeypatch.setenv("GSM8K_DATA_DIR", str(tmp_path))
+    ds = utils.load_gsm8k(version=3.0)
+    assert ds["train"].num_rows == 3 and ds["test"].num_rows == 2
+    assert ds["test"][0]["question"] == GSM8K_PROBLEMS[0][0]
