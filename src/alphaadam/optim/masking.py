@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .sharding import ReduceSums, reduce_stacked
+
 MASK_CHOICES = ("async", "sync", "none")
 ALPHA_CHOICES = ("ratio", "sqrt_ratio", "none")
 
@@ -97,25 +99,35 @@ def agreement_mask(grad: Tensor, reference: Tensor) -> Tensor:
 
 
 def mask_and_compensate(
-    update: Tensor, mask: Tensor | None, cfg: MaskConfig
+    update: Tensor,
+    mask: Tensor | None,
+    cfg: MaskConfig,
+    *,
+    numel: int | None = None,
+    reduce_sums: ReduceSums | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Mask one tensor's direction in place and scale it by ``rescale * alpha``.
 
     ``mask`` is the 0/1 agreement mask (``None`` when ``cfg.mask == "none"``).
     Returns ``(update, alpha, density)``; ``alpha`` and ``density`` are 0-d device tensors
     (``None`` without a mask).
+
+    For a shard of a larger tensor (FSDP2), ``numel`` is the whole tensor's element count and
+    ``reduce_sums`` sums the shard-local partial sums over all shards (see ``sharding.py``).
     """
     if mask is None:
         return update, None, None
-    numel = update.numel()
+    numel = update.numel() if numel is None else numel
     total_sq = update.square().sum() if cfg.alpha != "none" else None
     update.mul_(mask)
     nnz = mask.sum()
+    kept_sq = update.square().sum() if total_sq is not None else None
+    total_sq, kept_sq, nnz = reduce_stacked(reduce_sums, total_sq, kept_sq, nnz)
     scale = torch.ones((), dtype=update.dtype, device=update.device)
     if cfg.rescale:
         scale = numel / (nnz + 1)
     if total_sq is not None:
-        alpha = alpha_from_sums(total_sq, update.square().sum(), cfg.alpha, cfg.alpha_max)
+        alpha = alpha_from_sums(total_sq, kept_sq, cfg.alpha, cfg.alpha_max)
     else:
         alpha = torch.ones((), dtype=update.dtype, device=update.device)
     update.mul_(scale * alpha)
@@ -124,17 +136,25 @@ def mask_and_compensate(
 
 
 def foreach_mask_and_compensate(
-    updates: list[Tensor], masks: list[Tensor] | None, cfg: MaskConfig
+    updates: list[Tensor],
+    masks: list[Tensor] | None,
+    cfg: MaskConfig,
+    *,
+    numels: list[int] | None = None,
+    reduce_sums: ReduceSums | None = None,
 ) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
     """Multi-tensor version of :func:`mask_and_compensate` (same math, same dtype rules).
 
     All tensors must share one device and dtype (the caller groups them). Returns the
     updates and two 1-d tensors holding each tensor's alpha and mask density.
+    ``numels``/``reduce_sums``: as in :func:`mask_and_compensate`, for shards.
     """
     if masks is None or not updates:
         return updates, None, None
     numels = torch.tensor(
-        [u.numel() for u in updates], dtype=updates[0].dtype, device=updates[0].device
+        [u.numel() for u in updates] if numels is None else numels,
+        dtype=updates[0].dtype,
+        device=updates[0].device,
     )
     total_sq = None
     if cfg.alpha != "none":
@@ -142,9 +162,12 @@ def foreach_mask_and_compensate(
     torch._foreach_mul_(updates, masks)
     # The L1 norm of a 0/1 mask is its number of ones: one kernel for every tensor.
     nnz = torch.stack(torch._foreach_norm(masks, 1))
-    scale = numels / (nnz + 1) if cfg.rescale else torch.ones_like(nnz)
+    kept_sq = None
     if total_sq is not None:
         kept_sq = torch.stack(torch._foreach_norm(updates)).square()
+    total_sq, kept_sq, nnz = reduce_stacked(reduce_sums, total_sq, kept_sq, nnz)
+    scale = numels / (nnz + 1) if cfg.rescale else torch.ones_like(nnz)
+    if total_sq is not None:
         alphas = alpha_from_sums(total_sq, kept_sq, cfg.alpha, cfg.alpha_max)
     else:
         alphas = torch.ones_like(nnz)
