@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .fused import check_fused_choice, select_fused_impl
 from .masking import (
     MaskConfig,
     agreement_mask,
@@ -45,6 +46,7 @@ from .masking import (
     foreach_mask_and_compensate,
     mask_and_compensate,
 )
+from .sharding import ReduceSums, local_buckets
 
 __all__ = ["AlphaAdam", "PRESETS", "alphaadam_preset"]
 
@@ -101,7 +103,10 @@ class AlphaAdam(Optimizer):
         bias_correction: Adam bias correction of both moments (default True).
         maximize: maximise the objective instead.
         foreach: use the multi-tensor path; ``None`` picks it for CUDA parameters.
-        fused: reserved for the fused kernel path; only ``None``/``False`` for now.
+        fused: the two-pass fused step (docs/fused.md): ``True`` picks Triton kernels for CUDA
+            parameters and a ``torch.compile``d step for CPU ones; ``"triton"`` or
+            ``"compile"`` force one. ``None`` uses Triton where it runs natively (CUDA with
+            triton installed, unless ``foreach`` is set), else the foreach/single paths.
     """
 
     def __init__(
@@ -119,7 +124,7 @@ class AlphaAdam(Optimizer):
         bias_correction: bool = True,
         maximize: bool = False,
         foreach: bool | None = None,
-        fused: bool | None = None,
+        fused: bool | str | None = None,
     ) -> None:
         if isinstance(lr, Tensor):
             if lr.numel() != 1:
@@ -132,8 +137,7 @@ class AlphaAdam(Optimizer):
             raise ValueError(f"Invalid betas: {betas} (two values in [0, 1) expected)")
         if not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay: {weight_decay} (must be >= 0)")
-        if fused:
-            raise ValueError("fused=True is not available yet; use foreach=True or leave it None")
+        check_fused_choice(fused, foreach)
         MaskConfig(mask, alpha, alpha_max, rescale)  # validates, with the valid choices
         defaults = dict(
             lr=lr,
@@ -201,7 +205,9 @@ class AlphaAdam(Optimizer):
             if len(state) == 0:
                 dtype = _state_dtype(p)
                 state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+                state["exp_avg"] = torch.zeros_like(
+                    p, dtype=dtype, memory_format=torch.preserve_format
+                )
                 state["exp_avg_sq"] = torch.zeros_like(
                     p, dtype=dtype, memory_format=torch.preserve_format
                 )
@@ -236,23 +242,29 @@ class AlphaAdam(Optimizer):
             if foreach is None:
                 foreach = all(p.is_cuda for p in params)
             impl = _multi_tensor_alphaadam if foreach else _single_tensor_alphaadam
+            fused_impl = select_fused_impl(group["fused"], group["foreach"], params)
+            if fused_impl is not None:
+                impl = fused_impl
             beta1, beta2 = group["betas"]
-            impl(
-                params,
-                grads,
-                exp_avgs,
-                exp_avg_sqs,
-                steps,
-                stats,
-                cfg=MaskConfig.from_group(group),
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                bias_correction=group["bias_correction"],
-                maximize=group["maximize"],
-            )
+            for b in local_buckets(params, grads, exp_avgs, exp_avg_sqs, steps, stats):
+                impl(
+                    b.params,
+                    b.grads,
+                    b.exp_avgs,
+                    b.exp_avg_sqs,
+                    b.steps,
+                    b.stats,
+                    numels=b.numels,
+                    reduce_sums=b.reduce_sums,
+                    cfg=MaskConfig.from_group(group),
+                    lr=group["lr"],
+                    beta1=beta1,
+                    beta2=beta2,
+                    eps=group["eps"],
+                    weight_decay=group["weight_decay"],
+                    bias_correction=group["bias_correction"],
+                    maximize=group["maximize"],
+                )
         return loss
 
     # ------------------------------------------------------------ diagnostics
@@ -294,10 +306,16 @@ class AlphaAdam(Optimizer):
             by_device.setdefault(stats[n]["alpha"].device, []).append(n)
         values: dict[str, list[float]] = {}
         for device_names in by_device.values():
-            pairs = torch.stack(
-                [torch.stack([stats[n]["alpha"].float(), stats[n]["mask_density"].float()])
-                 for n in device_names]
-            ).cpu().tolist()
+            pairs = (
+                torch.stack(
+                    [
+                        torch.stack([stats[n]["alpha"].float(), stats[n]["mask_density"].float()])
+                        for n in device_names
+                    ]
+                )
+                .cpu()
+                .tolist()
+            )
             values.update(zip(device_names, pairs))
         return {n: {"alpha": values[n][0], "mask_density": values[n][1]} for n in names}
 
@@ -305,7 +323,9 @@ class AlphaAdam(Optimizer):
 def alphaadam_preset(name: str, params, **kwargs) -> AlphaAdam:
     """``AlphaAdam`` configured as one of :data:`PRESETS` (kwargs may override the rest)."""
     if name not in PRESETS:
-        raise ValueError(f"Unknown AlphaAdam preset {name!r}; valid choices are {', '.join(PRESETS)}")
+        raise ValueError(
+            f"Unknown AlphaAdam preset {name!r}; valid choices are {', '.join(PRESETS)}"
+        )
     clash = set(kwargs) & set(PRESETS[name])
     if clash:
         raise ValueError(
@@ -333,9 +353,13 @@ def _single_tensor_alphaadam(
     weight_decay: float,
     bias_correction: bool,
     maximize: bool,
+    numels: list[int] | None = None,
+    reduce_sums: ReduceSums | None = None,
 ) -> None:
-    for param, grad, exp_avg, exp_avg_sq, step_t, (alpha_out, density_out) in zip(
-        params, grads, exp_avgs, exp_avg_sqs, steps, stats
+    if numels is None:
+        numels = [p.numel() for p in params]
+    for param, grad, exp_avg, exp_avg_sq, step_t, (alpha_out, density_out), numel in zip(
+        params, grads, exp_avgs, exp_avg_sqs, steps, stats, numels
     ):
         theta = param.float() if param.dtype in LOW_PRECISION else param
         g = (-grad if maximize else grad).to(exp_avg.dtype)
@@ -356,7 +380,7 @@ def _single_tensor_alphaadam(
             u = exp_avg / exp_avg_sq.sqrt().add_(eps)
 
         # phi * u, scaled by d/(||phi||_0 + 1) and alpha_t.
-        u, alpha, density = mask_and_compensate(u, phi, cfg)
+        u, alpha, density = mask_and_compensate(u, phi, cfg, numel=numel, reduce_sums=reduce_sums)
 
         if weight_decay != 0:
             theta.mul_(1 - lr * weight_decay)
@@ -388,16 +412,20 @@ def _multi_tensor_alphaadam(
     weight_decay: float,
     bias_correction: bool,
     maximize: bool,
+    numels: list[int] | None = None,
+    reduce_sums: ReduceSums | None = None,
 ) -> None:
     alphas_out = [a for a, _ in stats]
     densities_out = [d for _, d in stats]
     grouped = Optimizer._group_tensors_by_device_and_dtype(
-        [params, grads, exp_avgs, exp_avg_sqs, steps, alphas_out, densities_out]
+        [params, grads, exp_avgs, exp_avg_sqs, steps, alphas_out, densities_out],
+        with_indices=True,
     )
     for (_device, _dtype), (
         (g_params, g_grads, g_m, g_v, g_steps, g_alpha, g_density),
-        _,
+        indices,
     ) in grouped.items():
+        g_numels = None if numels is None else [numels[i] for i in indices]
         low_precision = g_params[0].dtype in LOW_PRECISION
         work_params = [p.float() for p in g_params] if low_precision else g_params
         state_dtype = g_m[0].dtype
@@ -428,7 +456,9 @@ def _multi_tensor_alphaadam(
         if bias_correction:
             torch._foreach_div_(updates, bc1)
 
-        updates, alphas, densities = foreach_mask_and_compensate(updates, masks, cfg)
+        updates, alphas, densities = foreach_mask_and_compensate(
+            updates, masks, cfg, numels=g_numels, reduce_sums=reduce_sums
+        )
 
         if weight_decay != 0:
             decay = 1 - lr * weight_decay
