@@ -8,9 +8,9 @@ import math
 
 import pytest
 import torch
-from algorithm1_reference import Algorithm1, Hyper
 from torch import nn
 
+from algorithm1_reference import Algorithm1, Hyper
 from alphaadam import PRESETS, AlphaAdam, alphaadam_preset
 
 FOREACH = pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
