@@ -270,10 +270,12 @@ def _serialisable_galore(base: type[Optimizer], projector_cls: type) -> type[Opt
     """GaLoreAdamW whose state_dict holds tensors and numbers only.
 
     galore-torch keeps a ``GaLoreProjector`` object in each projected parameter's state,
-    which ``torch.load(weights_only=True)`` (the default since torch 2.6) refuses. The
-    projector is stored as a dict of its fields and rebuilt on load; the math is untouched.
+    which ``torch.load(weights_only=True)`` (the default since torch 2.6) refuses. Only the
+    projection matrix is saved; the projector is rebuilt on load from its param group's
+    rank/update_proj_gap/scale/proj_type (which is where galore-torch took them from).
+    Strings cannot go into the per-parameter state: ``Optimizer.load_state_dict`` would
+    iterate them. The math is untouched.
     """
-    fields = ("rank", "update_proj_gap", "scale", "proj_type", "ortho_matrix")
 
     class GaLoreAdamW(base):  # type: ignore[misc, valid-type]
         def state_dict(self) -> dict[str, Any]:
@@ -283,24 +285,25 @@ def _serialisable_galore(base: type[Optimizer], projector_cls: type) -> type[Opt
                 value = dict(value)  # the packed dicts are the live state: copy before editing
                 proj = value.get("projector")
                 if proj is not None and not isinstance(proj, dict):
-                    value["projector"] = {f: getattr(proj, f) for f in fields}
+                    value["projector"] = {"ortho_matrix": proj.ortho_matrix}
                 state[key] = value
             sd["state"] = state
             return sd
 
         def load_state_dict(self, state_dict: dict[str, Any]) -> None:
             super().load_state_dict(state_dict)
-            for state in self.state.values():
-                proj = state.get("projector")
-                if isinstance(proj, dict):
-                    rebuilt = projector_cls(
-                        proj["rank"],
-                        update_proj_gap=proj["update_proj_gap"],
-                        scale=proj["scale"],
-                        proj_type=proj["proj_type"],
-                    )
-                    rebuilt.ortho_matrix = proj["ortho_matrix"]
-                    state["projector"] = rebuilt
+            for group in self.param_groups:
+                for p in group["params"]:
+                    proj = self.state.get(p, {}).get("projector")
+                    if isinstance(proj, dict):
+                        rebuilt = projector_cls(
+                            group["rank"],
+                            update_proj_gap=group["update_proj_gap"],
+                            scale=group["scale"],
+                            proj_type=group["proj_type"],
+                        )
+                        rebuilt.ortho_matrix = proj["ortho_matrix"]
+                        self.state[p]["projector"] = rebuilt
 
     return GaLoreAdamW
 
