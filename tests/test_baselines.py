@@ -10,11 +10,11 @@ import sys
 
 import pytest
 import torch
-from optim_helpers import CONFIG_DIR, batches, load_config, roundtrip, tiny_gpt, train
 from torch import nn
 
 from alphaadam.optim import baselines
 from alphaadam.optim.registry import available_optimizers, build_optimizer
+from optim_helpers import CONFIG_DIR, batches, load_config, roundtrip, tiny_gpt, train
 
 CUDA_ONLY = {"microadam"}
 # Packages each registered name needs beyond torch (absent ones skip with the package named).
