@@ -1,0 +1,329 @@
+"""Step time and memory of every AlphaAdam preset against torch.optim.AdamW.
+
+The parameter set has GPT-2 small's 148 tensors and shapes (124.4M fp32 parameters), built
+as raw tensors; ``--scale`` multiplies each tensor's first dimension (so the tensor count,
+which drives the per-tensor overheads of a foreach optimizer, stays the same).
+
+Every variant steps the same parameters and gradients. Variants are measured side by side:
+each repeat builds every variant's optimizer afresh (in a rotated order, so slow drifts of a
+shared machine spread over all variants), runs ``--warmup`` untimed steps (the first one
+allocates the state) and then ``--steps`` timed steps. The reported time is the median over
+all timed steps of all repeats; ratios are medians over medians.
+
+Memory, measured once per variant on a steady-state (not the first) step:
+
+* ``state_mib``: the optimizer's persistent state (sum of its state tensors' bytes).
+* ``step_peak_mib``: the peak of extra bytes live during one step, above the level at its
+  start (temporaries: masks, denominators, updates). On CUDA this is
+  ``torch.cuda.max_memory_allocated`` minus the bytes allocated before the step. On CPU it
+  comes from ``torch.profiler`` with ``profile_memory=True``: its raw record of every
+  allocation and free made through torch's CPU allocator during the step, in time order;
+  the peak of their running sum. Memory outside torch's allocator (Python objects, the
+  OS's view, i.e. RSS) is not counted; RSS would hide reuse of freed heap memory.
+
+Variants are a table of name -> factory (:data:`VARIANTS`); a new path (e.g. a fused kernel)
+is one more :func:`variant` registration.
+
+    python benchmarks/optimizer_step.py                       # full size, CPU
+    python benchmarks/optimizer_step.py --scale 0.05 --steps 5 --repeats 5
+    python benchmarks/optimizer_step.py --device cuda --steps 20 --warmup 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from alphaadam import PRESETS, alphaadam_preset
+
+REPO = Path(__file__).resolve().parents[1]
+LR, WEIGHT_DECAY, BETAS = 6e-4, 0.1, (0.9, 0.95)  # the paper's GPT-2 settings
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    factory: Callable[[list[Tensor]], Optimizer]
+    description: str
+
+
+VARIANTS: dict[str, Variant] = {}
+
+
+def variant(name: str, description: str):
+    """Register ``factory(params) -> optimizer`` under ``name``."""
+
+    def register(factory: Callable[[list[Tensor]], Optimizer]):
+        if name in VARIANTS:
+            raise ValueError(f"benchmark variant {name!r} registered twice")
+        VARIANTS[name] = Variant(name, factory, description)
+        return factory
+
+    return register
+
+
+BASELINE_FOREACH = "torch_adamw_foreach"
+BASELINE_FUSED = "torch_adamw_fused"
+
+variant(BASELINE_FOREACH, "torch.optim.AdamW(foreach=True)")(
+    lambda ps: torch.optim.AdamW(ps, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, foreach=True)
+)
+variant(BASELINE_FUSED, "torch.optim.AdamW(fused=True)")(
+    lambda ps: torch.optim.AdamW(ps, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, fused=True)
+)
+
+
+def _preset_factory(preset: str, foreach: bool):
+    def factory(ps):
+        return alphaadam_preset(
+            preset, ps, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, foreach=foreach
+        )
+
+    return factory
+
+
+for _preset in PRESETS:
+    for _foreach, _path in ((True, "foreach"), (False, "single")):
+        variant(f"{_preset}_{_path}", f"alphaadam_preset({_preset!r}, foreach={_foreach})")(
+            _preset_factory(_preset, _foreach)
+        )
+
+
+def gpt2_small_shapes(scale: float = 1.0) -> dict[str, tuple[int, ...]]:
+    """GPT-2 small's parameter shapes (HF naming, Conv1D weights are in x out)."""
+    d, vocab, ctx, layers = 768, 50257, 1024, 12
+    shapes = {"wte.weight": (vocab, d), "wpe.weight": (ctx, d)}
+    for i in range(layers):
+        h = f"h.{i}."
+        shapes.update(
+            {
+                h + "ln_1.weight": (d,),
+                h + "ln_1.bias": (d,),
+                h + "attn.c_attn.weight": (d, 3 * d),
+                h + "attn.c_attn.bias": (3 * d,),
+                h + "attn.c_proj.weight": (d, d),
+                h + "attn.c_proj.bias": (d,),
+                h + "ln_2.weight": (d,),
+                h + "ln_2.bias": (d,),
+                h + "mlp.c_fc.weight": (d, 4 * d),
+                h + "mlp.c_fc.bias": (4 * d,),
+                h + "mlp.c_proj.weight": (4 * d, d),
+                h + "mlp.c_proj.bias": (d,),
+            }
+        )
+    shapes.update({"ln_f.weight": (d,), "ln_f.bias": (d,)})
+    if scale != 1.0:
+        shapes = {n: (max(1, round(s[0] * scale)), *s[1:]) for n, s in shapes.items()}
+    return shapes
+
+
+def make_parameters(shapes, device) -> list[Tensor]:
+    gen = torch.Generator(device=device).manual_seed(0)
+    params = []
+    for shape in shapes.values():
+        p = torch.randn(shape, generator=gen, device=device).mul_(0.02).requires_grad_()
+        # Fixed gradients: every path's work is dense, so its cost does not depend on values.
+        p.grad = torch.randn(shape, generator=gen, device=device).mul_(1e-3)
+        params.append(p)
+    return params
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def state_bytes(opt: Optimizer) -> int:
+    return sum(
+        v.numel() * v.element_size()
+        for s in opt.state.values()
+        for v in s.values()
+        if isinstance(v, Tensor)
+    )
+
+
+def step_peak_bytes(opt: Optimizer, device: torch.device) -> int:
+    """Peak extra bytes live during one ``opt.step()`` (see the module docstring)."""
+    if device.type == "cuda":
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        opt.step()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        opt.step()
+    # The raw allocator records (one per allocation or free, with its time): the summarised
+    # FunctionEvents fold frees into whichever op encloses them and lose their timing.
+    records = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for e in sorted(records, key=lambda e: e.start_ns()):
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = args.variants or list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; valid choices are {', '.join(VARIANTS)}")
+    shapes = gpt2_small_shapes(args.scale)
+    params = make_parameters(shapes, device)
+    n_params = sum(p.numel() for p in params)
+    print(
+        f"{len(params)} tensors, {n_params / 1e6:.1f}M parameters on {device}, "
+        f"{torch.get_num_threads()} threads; {len(names)} variants x {args.repeats} repeats",
+        flush=True,
+    )
+
+    times: dict[str, list[float]] = {n: [] for n in names}
+    memory: dict[str, dict[str, float]] = {}
+    for r in range(args.repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            opt = VARIANTS[name].factory(params)
+            for _ in range(args.warmup):
+                opt.step()
+            synchronize(device)
+            for _ in range(args.steps):
+                start = time.perf_counter()
+                opt.step()
+                synchronize(device)
+                times[name].append(time.perf_counter() - start)
+            if name not in memory:
+                memory[name] = {
+                    "state_mib": state_bytes(opt) / 2**20,
+                    "step_peak_mib": step_peak_bytes(opt, device) / 2**20,
+                }
+            print(
+                f"  repeat {r + 1}/{args.repeats} {name:24s} "
+                f"{1e3 * statistics.median(times[name][-args.steps :]):9.1f} ms/step",
+                flush=True,
+            )
+            del opt
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    medians = {n: statistics.median(t) for n, t in times.items()}
+    rows = []
+    for name in names:
+        row = {
+            "variant": name,
+            "description": VARIANTS[name].description,
+            "median_ms": 1e3 * medians[name],
+            "min_ms": 1e3 * min(times[name]),
+            "max_ms": 1e3 * max(times[name]),
+            "n_timed_steps": len(times[name]),
+            **memory[name],
+        }
+        for key, base in (("x_torch_foreach", BASELINE_FOREACH), ("x_torch_fused", BASELINE_FUSED)):
+            row[key] = medians[name] / medians[base] if base in medians else None
+        rows.append(row)
+    return {
+        "benchmark": "optimizer_step",
+        "command": " ".join(shlex.quote(a) for a in [sys.executable.split("/")[-1], *sys.argv]),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": describe_device(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "n_tensors": len(params),
+        "n_params": n_params,
+        "scale": args.scale,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "hyperparameters": {"lr": LR, "betas": BETAS, "weight_decay": WEIGHT_DECAY},
+        "results": rows,
+    }
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"# Optimizer step: {report['n_params'] / 1e6:.1f}M parameters in {report['n_tensors']} "
+        f"tensors (GPT-2 small shapes, scale {report['scale']:g})",
+        "",
+        f"{report['device']}, torch {report['torch']}, {report['torch_threads']} threads of "
+        f"{report['cpu_count']} CPUs, {report['date']}; median of "
+        f"{report['repeats']} x {report['steps']} timed steps after {report['warmup']} warm-up.",
+        f"Load average at the end: {report['load_average_at_end']}.",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        "| variant | median ms/step | min ms | × torch foreach | × torch fused "
+        "| state MiB | step peak MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        ratio = [
+            f"{r[k]:.2f}" if r[k] is not None else "—" for k in ("x_torch_foreach", "x_torch_fused")
+        ]
+        lines.append(
+            f"| {r['variant']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {ratio[0]} | {ratio[1]} "
+            f"| {r['state_mib']:.1f} | {r['step_peak_mib']:.1f} |"
+        )
+    lines += [
+        "",
+        "state MiB: the optimizer's persistent state. step peak MiB: extra bytes live during "
+        "one steady-state step (CUDA: max_memory_allocated; CPU: torch.profiler allocation "
+        "events, see benchmarks/optimizer_step.py).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="first-dimension scale")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per repeat")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per repeat (>= 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--variants", nargs="*", help=f"subset of: {', '.join(VARIANTS)}")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
+    args = parser.parse_args(argv)
+    if args.warmup < 1 or args.steps < 1 or args.repeats < 1 or args.scale <= 0:
+        parser.error("--warmup, --steps and --repeats must be >= 1 and --scale > 0")
+
+    report = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"optimizer_step_{torch.device(args.device).type}_scale{args.scale:g}"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    (args.out / f"{stem}.md").write_text(table)
+    print(table)
+    print(f"wrote {args.out / stem}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
