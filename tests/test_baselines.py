@@ -275,3 +275,41 @@ def test_project_imports_and_builds_without_any_optional_package():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert 'pip install "alphaadam[baselines]"' in out.stdout
+
+
+def _tiny_roberta():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.RobertaConfig(
+        vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=40, num_labels=2,
+    )  # fmt: skip
+    return transformers.RobertaForSequenceClassification(cfg)
+
+
+def test_low_rank_selection_on_roberta_skips_embeddings_and_classifier():
+    names = baselines.low_rank_split(_tiny_roberta(), 8)[1]
+    per_layer = ["attention.self.query", "attention.self.key", "attention.self.value",
+                 "attention.output.dense", "intermediate.dense", "output.dense"]  # fmt: skip
+    assert names == [f"roberta.encoder.layer.{i}.{n}" for i in range(2) for n in per_layer]
+
+
+@pytest.mark.parametrize("name", ["adam_mini", "galore", "cadamw"])
+def test_glue_model_trains(name):
+    """RoBERTa (the GLUE model) builds and steps; Adam-mini reads hidden_size/heads from it and
+    its BERT LayerNorm names do not reach adam-mini's per-row branch."""
+    _skip_if_missing(name)
+    model = _tiny_roberta()
+    opt = build_optimizer(name, model, lr=1e-3, weight_decay=0.01)
+    ids, labels = torch.randint(0, 100, (4, 8)), torch.tensor([0, 1, 0, 1])
+    losses = []
+    for _ in range(8):
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    if name == "adam_mini":
+        q = model.roberta.encoder.layer[0].attention.self.query.weight
+        assert opt.state[q]["vmean"].shape == (4, 1)  # one second moment per head

@@ -115,13 +115,20 @@ def _sgd(model: nn.Module, **cfg: Any) -> Optimizer:
 
 
 # -------------------------------------------------------------------------- adam_mini
-# Fused-QKV models (nanoGPT, HF GPT-2) name the projection c_attn: Adam-mini's authors
-# treat it per head (wqk) and the attention output projection as attn_proj.
-# nanoGPT's position embedding "wpe" gets the per-row treatment of token embeddings.
+# Adam-mini matches parameter names against keyword sets. Its defaults cover Llama; the
+# additions map the same roles in nanoGPT / HF GPT-2 (fused QKV "c_attn", treated per head as
+# Adam-mini's authors do; "attn.c_proj"; position embedding "wpe") and BERT / RoBERTa
+# (attention output, intermediate and output dense layers, classification head), which would
+# otherwise fall into Adam-mini's one-learning-rate-per-tensor default branch. BERT's 1-D
+# LayerNorm weights under "embeddings"/"output" match Adam-mini's embedding/output keywords,
+# whose per-row branch crashes on 1-D tensors (adam-mini 1.1.1): they get plain Adam.
 ADAM_MINI_EXTRA_NAMES = {
+    "adam_block_names": ("embeddings.layernorm", "output.layernorm"),
     "wqk_names": ("c_attn",),
-    "attn_proj_names": ("attn.c_proj",),
+    "attn_proj_names": ("attn.c_proj", "attention.output.dense"),
     "embd_names": ("wpe",),
+    "mlp_names": ("intermediate.dense", "output.dense"),
+    "output_names": ("classifier",),
 }
 
 _DIM_ATTRS = (
