@@ -159,3 +159,48 @@ def test_eval_metric_matches_a_recomputation(glue_env):
     assert metrics["val_loss"] == pytest.approx(
         float(torch.nn.functional.cross_entropy(logits, labels)), rel=1e-5
     )
+
+
+@pytest.mark.parametrize(
+    "task, optimizer", [("rte", "adamw"), ("stsb", "alphaadam"), ("cola", "alphaadam")]
+)
+def test_trains_through_the_shared_trainer(glue_env, tmp_path, task, optimizer):
+    """``python train.py experiment=roberta_glue data.task=... `` with a tiny local model."""
+    import json
+
+    from _finetune_fixtures import compose
+    from alphaadam.trainer import train
+
+    glue_dir, model_dir = glue_env
+    cfg = compose(
+        [
+            "experiment=roberta_glue",
+            f"data.task={task}",
+            f"optimizer={optimizer}",
+            f"data.glue_dir={glue_dir}",
+            f"model.name_or_path={model_dir}",
+            "data.max_length=64",
+            "optimizer.lr=3e-3",
+            "trainer.max_epochs=2",
+            "trainer.micro_batch_size=8",
+            "trainer.gradient_accumulation_steps=2",
+            "trainer.device=cpu",
+            "trainer.progress_bar=false",
+            f"trainer.output_root={tmp_path}",
+        ]
+    )
+    run_dir = train(cfg)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    metric = GLUE_TASKS[task].primary_metric
+    # 48 examples / (8 x 2) = 3 steps per epoch; dev evaluated at both epoch ends
+    assert summary["status"] == "completed" and summary["max_steps"] == 6
+    assert [e["step"] for e in evals] == [3, 6]
+    assert summary["task"] == "glue" and summary["dataset"] == task
+    assert summary["primary_metric"] == metric and summary["primary_mode"] == "max"
+    assert summary["best"][metric] == max(e[metric] for e in evals)
+    assert summary["final"][metric] == evals[-1][metric]
+    assert summary["best"]["step"] in (3, 6)
+    if optimizer == "alphaadam":
+        assert "alpha_mean" in next(r for r in records if r["kind"] == "train")

@@ -83,7 +83,7 @@ def test_loss_is_mean_over_answer_tokens(gsm_env):
             if batch["labels"][b, t] != -100:
                 total -= float(logp[b, t - 1, batch["labels"][b, t]])
                 count += 1
-    assert float(loss) == pytest.approx(total / count, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(total / count, rel=1e-5)
     assert task.steps_per_epoch(32) == 1 and task.steps_per_epoch(5) == 4  # 16 examples
 
 
@@ -133,40 +133,68 @@ def test_sft_then_exact_match_and_val_loss(gsm_env, tmp_path):
     assert json.loads((tmp_path / "em.json").read_text())["num_examples"] == 4
 
 
+def overfit_run(gsm_env, tmp_path):
+    """A run of the real experiment config that memorises the 4 fixture problems."""
+    from _finetune_fixtures import compose
+    from alphaadam.trainer import train
+
+    data_dir, model_dir = gsm_env
+    small = write_gsm8k_dir(tmp_path / "data4", n_train=4, n_test=4)
+    cfg = compose(
+        [
+            "experiment=llama2_gsm8k",
+            f"data.path={small}",
+            f"model.name_or_path={model_dir}",
+            "data.max_length=128",
+            "model.gradient_checkpointing=false",
+            "optimizer.lr=3e-3",
+            "trainer.max_epochs=null",
+            "trainer.max_steps=120",
+            "trainer.warmup_steps=0",
+            "trainer.lr_schedule=constant",
+            "trainer.micro_batch_size=4",
+            "trainer.gradient_accumulation_steps=1",
+            "trainer.mixed_precision=no",
+            "trainer.mask_stats_every=0",
+            "trainer.log_every=40",
+            "trainer.device=cpu",
+            "trainer.progress_bar=false",
+            f"trainer.output_root={tmp_path / 'runs'}",
+        ]
+    )
+    return train(cfg), small
+
+
+def test_run_scored_by_builtin_harness_records_accuracy(gsm_env, tmp_path):
+    from alphaadam.eval.gsm8k_run import main as score_run
+    from alphaadam.results.runs import load_run
+
+    run_dir, data = overfit_run(gsm_env, tmp_path)
+    args = [str(run_dir), "--data-dir", str(data), "--harness", "builtin", "--dtype", "float32"]
+    result = score_run(args + ["--max-new-tokens", "24", "--device", "cpu"])
+    assert result["accuracy"] == 1.0 and result["num_examples"] == 4
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final"]["accuracy"] == 1.0
+    assert summary["accuracy_eval"]["harness"] == "builtin"
+    assert (run_dir / "gsm8k_eval_builtin.json").is_file()
+    load_run(run_dir)  # still a valid run directory for the tables code
+
+
 @pytest.mark.slow
-def test_lm_eval_local_task_scores_the_finetuned_model(gsm_env, tmp_path):
-    lm_eval = pytest.importorskip("lm_eval")
-    from lm_eval.tasks import TaskManager
+def test_lm_eval_local_task_scores_the_finetuned_run(gsm_env, tmp_path):
+    pytest.importorskip("lm_eval")
+    from alphaadam.eval.gsm8k_run import main as score_run
+    from alphaadam.eval.gsm8k_run import run_lm_eval
 
-    from alphaadam.eval import LM_EVAL_TASKS_DIR
-
-    task = make_task(gsm_env)
-    model = overfit(task)
-    model.save_pretrained(tmp_path / "ft")
-    task.tokenizer.save_pretrained(tmp_path / "ft")
-    manager = TaskManager(
-        include_path=str(LM_EVAL_TASKS_DIR), metadata={"data_dir": str(gsm_env[0])}
-    )
-    kwargs = dict(
-        model="hf",
-        tasks=["gsm8k_local"],
-        num_fewshot=0,
-        task_manager=manager,
-        device="cpu",
-        batch_size=4,
-        gen_kwargs="max_gen_toks=24",
-    )
-    trained = lm_eval.simple_evaluate(
-        model_args=f"pretrained={tmp_path / 'ft'},dtype=float32", **kwargs
-    )
-    res = trained["results"]["gsm8k_local"]
-    assert res["sample_len"] == 4
-    assert res["exact_match,strict-match"] == 1.0
-    assert res["exact_match,flexible-extract"] == 1.0
-    untrained = lm_eval.simple_evaluate(
-        model_args=f"pretrained={gsm_env[1]},dtype=float32", **kwargs
-    )
-    assert untrained["results"]["gsm8k_local"]["exact_match,strict-match"] == 0.0
+    run_dir, data = overfit_run(gsm_env, tmp_path)
+    args = [str(run_dir), "--data-dir", str(data), "--num-fewshot", "0", "--dtype", "float32"]
+    result = score_run(args + ["--batch-size", "4", "--max-new-tokens", "24", "--device", "cpu"])
+    assert result["num_examples"] == 4 and result["num_fewshot"] == 0
+    assert result["exact_match_strict"] == 1.0 and result["exact_match_flexible"] == 1.0
+    assert json.loads((run_dir / "summary.json").read_text())["final"]["accuracy"] == 1.0
+    # the untrained model answers nothing: the score depends on the weights
+    untrained = run_lm_eval(gsm_env[1], str(data), 0, None, 4, "float32", "cpu", 24)
+    assert untrained["exact_match_strict"] == 0.0
 
 
 def test_lm_eval_task_needs_data_offline(monkeypatch, tmp_path):
@@ -188,3 +216,59 @@ def test_lm_eval_task_needs_data_offline(monkeypatch, tmp_path):
     ds = utils.load_gsm8k(version=3.0)
     assert ds["train"].num_rows == 3 and ds["test"].num_rows == 2
     assert ds["test"][0]["question"] == GSM8K_PROBLEMS[0][0]
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_sft_through_the_shared_trainer(gsm_env, tmp_path, packing):
+    """``python train.py experiment=llama2_gsm8k`` with a tiny local Llama, then the
+    exported final checkpoint is scored by the built-in exact-match scorer."""
+    from _finetune_fixtures import compose
+    from alphaadam.eval.export import export_hf_model
+    from alphaadam.trainer import train
+
+    data_dir, model_dir = gsm_env
+    cfg = compose(
+        [
+            "experiment=llama2_gsm8k",
+            "optimizer=alphaadam",
+            f"data.path={data_dir}",
+            f"model.name_or_path={model_dir}",
+            f"data.packing={packing}",
+            "data.max_length=128",
+            "data.eval_generate_examples=2",
+            "data.max_new_tokens=8",
+            "optimizer.lr=3e-3",
+            "trainer.max_epochs=2",
+            "trainer.warmup_steps=1",
+            "trainer.micro_batch_size=2",
+            "trainer.gradient_accumulation_steps=2",
+            "trainer.mixed_precision=no",
+            "trainer.mask_stats_every=1",
+            "trainer.device=cpu",
+            "trainer.progress_bar=false",
+            f"trainer.output_root={tmp_path}",
+        ]
+    )
+    run_dir = train(cfg)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    sequences = 16 if not packing else len(pack_examples(make_task(gsm_env).train_examples, 128))
+    per_epoch = -(-sequences // 4)
+    assert summary["status"] == "completed" and summary["max_steps"] == 2 * per_epoch
+    assert summary["task"] == "gsm8k" and summary["dataset"] == "gsm8k"
+    # Figure 3 needs the loss at every step
+    assert [r["step"] for r in train_records] == list(range(1, 2 * per_epoch + 1))
+    assert [e["step"] for e in evals] == [per_epoch, 2 * per_epoch]
+    assert {"val_loss", "exact_match_strict", "exact_match_flexible"} <= set(summary["final"])
+    assert (run_dir / "mask_stats.jsonl").stat().st_size > 0
+
+    hf_dir = export_hf_model(run_dir)
+    exported = GSM8KTask({"path": str(data_dir), "max_length": 128}, {"name_or_path": str(hf_dir)})
+    exported.setup(None)
+    model = exported.build_model()
+    # the exported weights are the trained ones: same val_loss as the run's final eval
+    assert exported.evaluate(model, None)["val_loss"] == pytest.approx(
+        summary["final"]["val_loss"], rel=1e-4
+    )

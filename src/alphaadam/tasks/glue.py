@@ -211,6 +211,7 @@ class GlueTask(Task):
     ``hf_dataset``, ``max_length`` (512), ``eval_batch_size``. ``model``: ``name_or_path``
     (hub id or local directory, default ``roberta-base``), ``tokenizer`` (defaults to it)."""
 
+    name = "glue"
     primary_mode = "max"
 
     def __init__(self, data: Mapping | None = None, model: Mapping | None = None):

@@ -96,6 +96,7 @@ class GSM8KTask(Task):
     ``model``: ``name_or_path``, ``tokenizer``, ``dtype`` (weights: float32 | bfloat16),
     ``gradient_checkpointing``, ``attn_implementation``."""
 
+    name = "gsm8k"
     primary_metric = "val_loss"
     primary_mode = "min"
 
@@ -208,9 +209,14 @@ class GSM8KTask(Task):
         model = AutoModelForCausalLM.from_pretrained(self.model_path, **kwargs)
         if self.gradient_checkpointing:
             # Non-reentrant checkpointing works with FSDP and with frozen inputs.
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            # transformers 5 renamed the method; 4.x has only the old name.
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
             model.config.use_cache = False
         return model
 
