@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
@@ -79,7 +80,13 @@ def eval_steps(tc: DictConfig, max_steps: int, steps_per_epoch: int | None) -> s
 
 def build_task(cfg: DictConfig) -> Task:
     """``cfg.task`` names the Task class by ``_target_``; it receives ``data`` and ``model``."""
-    task = instantiate(cfg.task, data=cfg.data, model=cfg.model, _recursive_=False)
+    try:
+        task = instantiate(cfg.task, data=cfg.data, model=cfg.model, _recursive_=False)
+    except InstantiationException as exc:
+        # Show the task's own error (e.g. a missing data file), not Hydra's wrapper.
+        if exc.__cause__ is not None:
+            raise exc.__cause__ from None
+        raise
     if not isinstance(task, Task):
         raise TypeError(f"task._target_={cfg.task._target_} is not an alphaadam.tasks.base.Task")
     return task
@@ -123,13 +130,6 @@ def train(cfg: DictConfig) -> Path:
             print(f"Run already completed: {run_dir}")
         return run_dir
     resume_from = latest_checkpoint(run_dir / rd.CHECKPOINTS) if mode == "resume" else None
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=mode == "resume")
-        (run_dir / rd.CHECKPOINTS).mkdir(exist_ok=True)
-        saved = OmegaConf.to_container(cfg, resolve=True)
-        saved["trainer"]["run_dir"] = str(run_dir)
-        OmegaConf.save(OmegaConf.create(saved), run_dir / rd.CONFIG)
-        print(f"{'Resuming' if resume_from else 'Starting'} run in {run_dir}", flush=True)
 
     # --- task, model, optimizer, schedule -------------------------------------------------
     set_seed(cfg.seed)  # identical initial weights on every process
@@ -142,6 +142,18 @@ def train(cfg: DictConfig) -> Path:
     model.to(accelerator.device)
     opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
     optimizer = build_optimizer(opt_cfg.pop("name"), model, **opt_cfg)
+
+    # Created only once task, model and optimizer are built: a config error leaves no debris.
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / rd.CHECKPOINTS).mkdir(exist_ok=True)
+        if mode == "new":  # records of an earlier attempt here that never checkpointed
+            for stale in (rd.METRICS, rd.MASK_STATS):
+                (run_dir / stale).unlink(missing_ok=True)
+        saved = OmegaConf.to_container(cfg, resolve=True)
+        saved["trainer"]["run_dir"] = str(run_dir)
+        OmegaConf.save(OmegaConf.create(saved), run_dir / rd.CONFIG)
+        print(f"{'Resuming' if resume_from else 'Starting'} run in {run_dir}", flush=True)
 
     steps_per_epoch = task.steps_per_epoch(global_batch)
     max_steps = int(tc.max_steps)
