@@ -67,8 +67,11 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that was killed
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
+    # Collective: under FSDP it gathers the full weights (not rank 0's shards); otherwise it
+    # is the unwrapped model's state_dict.
+    model_state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        torch.save(accelerator.unwrap_model(model).state_dict(), tmp / "model.pt")
+        torch.save(model_state, tmp / "model.pt")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1) + "\n")
