@@ -313,3 +313,33 @@ def test_glue_model_trains(name):
     if name == "adam_mini":
         q = model.roberta.encoder.layer[0].attention.self.query.weight
         assert opt.state[q]["vmean"].shape == (4, 1)  # one second moment per head
+
+
+def test_ldadam_wiring_with_a_stand_in_package(monkeypatch):
+    """Plumbing only (the authors' package cannot be installed offline): a stand-in module
+    with the authors' LDAdamW signature records the groups our factory builds."""
+    import types
+
+    class FakeLDAdamW(torch.optim.Optimizer):
+        def __init__(self, params, lr, betas, eps, rank, rho):
+            super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+
+        def zero_grad(self):  # the authors' signature: no set_to_none
+            for group in self.param_groups:
+                if not group["enable_lowrank"]:
+                    for p in group["params"]:
+                        p.grad = None
+
+    fake = types.ModuleType("ldadamw_torch")
+    fake.LDAdamW = FakeLDAdamW
+    monkeypatch.setitem(sys.modules, "ldadamw_torch", fake)
+    model = tiny_gpt()
+    opt = build_optimizer("ldadam", model, lr=1e-3, rank=8, rho=0.9, weight_decay=0.01)
+    low = [g for g in opt.param_groups if g["enable_lowrank"]]
+    assert len(low) == 1 and low[0]["rank"] == 8 and low[0]["rho"] == 0.9
+    assert {id(p) for p in low[0]["params"]} == {
+        id(p) for p in baselines.low_rank_split(model, 8)[0]
+    }
+    n_all = sum(len(g["params"]) for g in opt.param_groups)
+    assert n_all == len([p for p in model.parameters() if p.requires_grad])
+    opt.zero_grad(set_to_none=True)  # what the trainer and accelerate call

@@ -400,7 +400,15 @@ def _ldadam(
         low_rank,
         {"enable_lowrank": False},
     )
-    return module.LDAdamW(groups, lr=lr, betas=tuple(betas), eps=eps, rank=rank, rho=rho)
+
+    class LDAdamW(module.LDAdamW):
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            # The authors' zero_grad() takes no argument (torch's trainers and accelerate pass
+            # set_to_none) and deliberately keeps low-rank gradients, where its error feedback
+            # stores the compression error; that behaviour is kept.
+            super().zero_grad()
+
+    return LDAdamW(groups, lr=lr, betas=tuple(betas), eps=eps, rank=rank, rho=rho)
 
 
 # -------------------------------------------------------------------------- adam8bit
