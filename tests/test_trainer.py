@@ -315,7 +315,8 @@ def test_nan_skip_budget_skips_bad_steps(tmp_path, monkeypatch):
     run_dir = run_training(["trainer.max_steps=5", "trainer.nan_skip_budget=1", *TINY], tmp_path)
     s = summary(run_dir)
     assert s["status"] == "completed" and s["steps"] == 5 and s["skipped_steps"] == 1
-    skips = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "skip"]
+    assert {r["kind"] for r in read_jsonl(run_dir / "metrics.jsonl")} == {"train", "eval"}
+    skips = read_jsonl(run_dir / "events.jsonl")
     assert len(skips) == 1 and skips[0]["step"] == 2 and skips[0]["loss"] is None  # NaN -> null
     assert all(math.isfinite(r["loss"]) for r in train_records(run_dir))
 
@@ -468,3 +469,17 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     wa, wb = _model_state(single), _model_state(double)
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_runs_and_changes_the_arithmetic(tmp_path):
+    run = ["trainer.max_steps=3", "trainer.eval_at_start=false", *TINY]
+    fp32 = train_records(run_training(run, tmp_path / "fp32"))
+    bf16_dir = run_training([*run, "trainer.mixed_precision=bf16"], tmp_path / "bf16")
+    bf16 = train_records(bf16_dir)
+    assert all(math.isfinite(r["loss"]) for r in bf16)
+    # same data and init, so the losses agree to bf16 precision but not bit for bit
+    for a, b in zip(fp32, bf16):
+        assert b["loss"] == pytest.approx(a["loss"], rel=2e-2)
+    assert [a["loss"] for a in fp32] != [b["loss"] for b in bf16]
+    weights = _model_state(bf16_dir)
+    assert all(w.dtype == torch.float32 for w in weights.values())  # fp32 master weights

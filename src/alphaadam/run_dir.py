@@ -15,10 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import latest_checkpoint
 
-CONFIG, METRICS, MASK_STATS, SUMMARY, CHECKPOINTS = (
+CONFIG, METRICS, MASK_STATS, EVENTS, SUMMARY, CHECKPOINTS = (
     "config.yaml",
     "metrics.jsonl",
     "mask_stats.jsonl",
+    "events.jsonl",
     "summary.json",
     "checkpoints",
 )

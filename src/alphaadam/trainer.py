@@ -148,7 +148,7 @@ def train(cfg: DictConfig) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / rd.CHECKPOINTS).mkdir(exist_ok=True)
         if mode == "new":  # records of an earlier attempt here that never checkpointed
-            for stale in (rd.METRICS, rd.MASK_STATS):
+            for stale in (rd.METRICS, rd.MASK_STATS, rd.EVENTS):
                 (run_dir / stale).unlink(missing_ok=True)
         saved = OmegaConf.to_container(cfg, resolve=True)
         saved["trainer"]["run_dir"] = str(run_dir)
@@ -172,7 +172,7 @@ def train(cfg: DictConfig) -> Path:
         optimizer, warmup_cosine(warmup, max_steps, tc.min_lr_ratio, tc.lr_schedule)
     )
     if tc.compile:
-        model = torch.compile(model)
+        model.compile()  # in place: state_dict keys stay those of the plain model
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
 
@@ -197,6 +197,7 @@ def train(cfg: DictConfig) -> Path:
         if main:
             rd.truncate_jsonl(run_dir / rd.METRICS, state["step"])
             rd.truncate_jsonl(run_dir / rd.MASK_STATS, state["step"])
+            rd.truncate_jsonl(run_dir / rd.EVENTS, state["step"])
 
     metrics = rd.MetricsLog(run_dir, cfg, enabled=main)
     evals = eval_steps(tc, max_steps, steps_per_epoch)
@@ -343,7 +344,8 @@ def train(cfg: DictConfig) -> Path:
                         "loss": loss_value,
                         "grad_norm": grad_norm_value,
                         "skipped_steps": state["skipped_steps"],
-                    }
+                    },
+                    rd.EVENTS,
                 )
                 if state["skipped_steps"] > tc.nan_skip_budget:
                     raise NonFiniteLossError(
