@@ -250,3 +250,28 @@ def test_convergence_on_digits(name, cfg):
         final = F.cross_entropy(model(x), y).item()
     assert final < 0.25 * first, (first, final)
     assert acc > 0.95, acc
+
+
+@pytest.mark.parametrize("name", ["alphalion", "alphasgd"])
+def test_mask_statistics_per_tensor(name):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 2))
+    opt = build_optimizer(name, model, lr=1e-2, **({"momentum": 0.9} if name == "alphasgd" else {}))
+    x, y = torch.randn(16, 5), torch.randn(16, 2)
+    for step in range(3):
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        stats = opt.read_mask_statistics(model.named_parameters())
+        assert sorted(stats) == sorted(n for n, _ in model.named_parameters())
+        for s in stats.values():
+            if step == 0:  # no momentum yet: the asynchronous mask is empty
+                assert s == {"alpha": 2.0, "mask_density": 0.0}
+            else:
+                assert 1.0 <= s["alpha"] <= 2.0 and 0.0 < s["mask_density"] <= 1.0
+
+
+def test_plain_names_refuse_mask_options():
+    model = torch.nn.Linear(3, 3)
+    with pytest.raises(ValueError, match="optimizer 'lion' fixes \\['mask'\\].*'alphalion'"):
+        build_optimizer("lion", model, lr=1e-3, mask="async")

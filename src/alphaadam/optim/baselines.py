@@ -76,12 +76,12 @@ register_optimizer("cadamw")(_make_preset_factory("adamw_sm"))
 
 
 # ----------------------------------------------------------------------- AlphaLion/SGD
-def _make_momentum_factory(cls: type[Optimizer], fixed: dict[str, Any]):
+def _make_momentum_factory(name: str, cls: type[Optimizer], fixed: dict[str, Any], alt: str):
     def factory(model: nn.Module, **cfg: Any) -> Optimizer:
         clash = set(cfg) & set(fixed)
         if clash:
             raise ValueError(
-                f"this name fixes {sorted(clash)}; use the alpha variant to change them"
+                f"optimizer {name!r} fixes {sorted(clash)} ({fixed}); use {alt!r} to set them"
             )
         groups = _split_decay(model, cfg)
         _betas(cfg)
@@ -90,7 +90,9 @@ def _make_momentum_factory(cls: type[Optimizer], fixed: dict[str, Any]):
     return factory
 
 
-register_optimizer("lion")(_make_momentum_factory(AlphaLion, LION_PRESETS["lion"]))
+register_optimizer("lion")(
+    _make_momentum_factory("lion", AlphaLion, LION_PRESETS["lion"], "alphalion")
+)
 
 
 @register_optimizer("alphalion")
