@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -204,3 +206,39 @@ def test_trains_through_the_shared_trainer(glue_env, tmp_path, task, optimizer):
     assert summary["best"]["step"] in (3, 6)
     if optimizer == "alphaadam":
         assert "alpha_mean" in next(r for r in records if r["kind"] == "train")
+
+
+SHARED_GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not SHARED_GLUE.is_dir(), reason="../shared/data/glue is absent")
+@pytest.mark.parametrize(
+    "task, split, rows, label_counts",
+    [
+        # row and label counts as published (../shared/data/README.md)
+        ("rte", "train", 2490, {0: 1249, 1: 1241}),
+        ("rte", "dev", 277, None),
+        ("mrpc", "train", 3668, {0: 1194, 1: 2474}),
+        ("mrpc", "dev", 408, None),
+        ("cola", "train", 8551, {0: 2528, 1: 6023}),
+        ("cola", "dev", 1043, None),
+        ("sst2", "train", 67349, {0: 29780, 1: 37569}),
+        ("sst2", "dev", 872, None),
+        ("stsb", "train", 5749, None),
+        ("stsb", "dev", 1500, None),
+        ("qnli", "dev", 5463, {0: 2702, 1: 2761}),
+    ],
+)
+def test_real_glue_files_parse_completely(task, split, rows, label_counts):
+    from collections import Counter
+
+    from alphaadam.tasks.glue import load_glue_split
+
+    records = load_glue_split(glue_spec(task), split, str(SHARED_GLUE), "unused")
+    assert len(records) == rows
+    if label_counts is not None:
+        assert dict(Counter(r["label"] for r in records)) == label_counts
+    if task == "stsb":
+        assert all(0.0 <= r["label"] <= 5.0 for r in records)
+    assert all(r[c].strip() for r in records for c in glue_spec(task).text_columns)

@@ -62,14 +62,31 @@ def load_gsm8k_split(split: str, path: str | None, hf_dataset: str) -> list[dict
 def tokenize_sft(tokenizer, record: dict[str, str], max_length: int) -> dict[str, list[int]] | None:
     """``input_ids``/``labels`` of one example, prompt masked; ``None`` when truncation to
     ``max_length`` would leave no answer token."""
-    prompt = tokenizer(format_prompt(record["question"]), add_special_tokens=True)["input_ids"]
-    answer = tokenizer(" " + record["answer"].strip(), add_special_tokens=False)["input_ids"]
-    answer = answer + [tokenizer.eos_token_id]
-    input_ids = (prompt + answer)[:max_length]
-    labels = ([IGNORE_INDEX] * len(prompt) + answer)[:max_length]
-    if all(t == IGNORE_INDEX for t in labels):
-        return None
-    return {"input_ids": input_ids, "labels": labels, "position_ids": list(range(len(input_ids)))}
+    return tokenize_sft_batch(tokenizer, [record], max_length)[0]
+
+
+def tokenize_sft_batch(
+    tokenizer, records: list[dict[str, str]], max_length: int
+) -> list[dict[str, list[int]] | None]:
+    """:func:`tokenize_sft` for many records (one batched tokenizer call per side)."""
+    prompts = tokenizer([format_prompt(r["question"]) for r in records], add_special_tokens=True)[
+        "input_ids"
+    ]
+    answers = tokenizer([" " + r["answer"].strip() for r in records], add_special_tokens=False)[
+        "input_ids"
+    ]
+    out: list[dict[str, list[int]] | None] = []
+    for prompt, answer in zip(prompts, answers):
+        answer = answer + [tokenizer.eos_token_id]
+        input_ids = (prompt + answer)[:max_length]
+        labels = ([IGNORE_INDEX] * len(prompt) + answer)[:max_length]
+        if len(prompt) >= max_length:
+            out.append(None)
+            continue
+        out.append(
+            {"input_ids": input_ids, "labels": labels, "position_ids": list(range(len(input_ids)))}
+        )
+    return out
 
 
 def pack_examples(
@@ -157,7 +174,7 @@ class GSM8KTask(Task):
         )
 
     def _encode(self, records, split):
-        encoded = [tokenize_sft(self.tokenizer, r, self.max_length) for r in records]
+        encoded = tokenize_sft_batch(self.tokenizer, records, self.max_length)
         dropped = sum(e is None for e in encoded)
         if dropped:
             log.warning(
