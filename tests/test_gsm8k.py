@@ -282,7 +282,6 @@ SHARED_GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 @pytest.mark.skipif(not SHARED_GSM8K.is_dir(), reason="../shared/data/gsm8k is absent")
 def test_real_gsm8k_gives_the_papers_702_steps(gsm_env):
     from _finetune_fixtures import compose
-
     from alphaadam.eval.gsm8k import gold_answer
 
     cfg = compose(["experiment=llama2_gsm8k"])
