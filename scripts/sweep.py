@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Submit one paper sweep to SLURM, or print its jobs without submitting (--dry-run).
+
+    python scripts/sweep.py table1 --dry-run [override ...]
+    python scripts/sweep.py table1 hydra.launcher.partition=gpu [override ...]
+
+Submitting runs ``train.py +sweep=<name> hydra/launcher=slurm <overrides>``. The dry run
+composes the same config, expands the sweep exactly as Hydra's basic sweeper does, and prints
+every job's overrides and run directory, plus the sbatch header submitit would submit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEPS = sorted(p.stem for p in (REPO / "configs" / "sweep").glob("*.yaml") if p.stem[0] != "_")
+
+
+def expand_jobs(overrides: list[str]) -> tuple[list[list[str]], object]:
+    """The per-job override lists of the sweep, and the composed (job 0) config."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        params = cfg.hydra.sweeper.params or {}
+        swept = [f"{k}={v}" for k, v in params.items()]
+        parser = OverridesParser.create()
+        # Command-line sweeps (seed=1,2,3) add to the config's, as in a real multirun.
+        parsed = parser.parse_overrides(swept + overrides)
+        batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+        return [list(job) for batch in batches for job in batch], cfg
+
+
+def sbatch_header(cfg, n_jobs: int, folder: str) -> str:
+    """The sbatch script submitit would write for this sweep's job array."""
+    from omegaconf import OmegaConf
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    params = {
+        "partition": launcher["partition"],
+        "account": launcher["account"],
+        "qos": launcher["qos"],
+        "nodes": launcher["nodes"],
+        "gpus_per_node": launcher["gpus_per_node"],
+        "ntasks_per_node": launcher["tasks_per_node"],
+        "cpus_per_task": launcher["cpus_per_task"],
+        "mem": f"{launcher['mem_gb']}GB" if launcher["mem_gb"] else None,
+        "time": launcher["timeout_min"],
+        "constraint": launcher["constraint"],
+        "exclude": launcher["exclude"],
+        "gres": launcher["gres"],
+        "signal_delay_s": launcher["signal_delay_s"],
+        "array_parallelism": launcher["array_parallelism"],
+        "additional_parameters": launcher["additional_parameters"],
+        "setup": launcher["setup"],
+    }
+    params = {k: v for k, v in params.items() if v is not None}
+    return _make_sbatch_string(
+        command="python -u -m submitit.core._submit " + folder,
+        folder=folder,
+        job_name=str(cfg.experiment_name),
+        map_count=n_jobs,
+        **params,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", choices=SWEEPS)
+    parser.add_argument("--dry-run", action="store_true", help="print the jobs, submit nothing")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every job")
+    args = parser.parse_args(argv)
+
+    base = [f"+sweep={args.sweep}", "hydra/launcher=slurm"]
+    if not args.dry_run:
+        cmd = [sys.executable, str(REPO / "train.py"), *base, *args.overrides]
+        print("+", " ".join(cmd), flush=True)
+        return subprocess.call(cmd)
+
+    # A literal sweep dir makes the printed run dirs the ones a submission with the same
+    # override would use (otherwise ${now:} gives the submission time).
+    overrides = list(args.overrides)
+    if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
+        stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        overrides.append(f"hydra.sweep.dir=results/runs/sweeps/{args.sweep}/{stamp}")
+    jobs, cfg = expand_jobs(base + overrides)
+    sweep_dir = cfg.hydra.sweep.dir
+    print(f"sweep {args.sweep}: {len(jobs)} job(s), sweep dir {sweep_dir}")
+    for num, job in enumerate(jobs):
+        shown = [o for o in job if not o.startswith(("+sweep=", "hydra/launcher=", "hydra."))]
+        optimizer = next((o.split("=", 1)[1] for o in job if o.startswith("optimizer=")), None)
+        optimizer = optimizer or str(cfg.optimizer.name)
+        print(f"  job {num:4d}: {' '.join(shown)}")
+        print(f"             run dir {sweep_dir}/{num}_{optimizer}")
+    print("\nsbatch script submitit would submit (not submitted):")
+    print(sbatch_header(cfg, len(jobs), f"{sweep_dir}/.submitit/%j"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
