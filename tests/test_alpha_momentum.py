@@ -275,3 +275,50 @@ def test_plain_names_refuse_mask_options():
     model = torch.nn.Linear(3, 3)
     with pytest.raises(ValueError, match="optimizer 'lion' fixes \\['mask'\\].*'alphalion'"):
         build_optimizer("lion", model, lr=1e-3, mask="async")
+
+
+def _run_skipping_first(opt_cls, thetas, targets, noise, **kwargs):
+    """Like run_optimizer, but the first tensor has no gradient at step 1 (so one group
+    mixes tensors at different step counts)."""
+    params = [t.clone().requires_grad_(True) for t in thetas]
+    opt = opt_cls(params, **kwargs)
+    for step, step_noise in enumerate(noise):
+        for i, (p, target, n) in enumerate(zip(params, targets, step_noise)):
+            p.grad = None if (step == 0 and i == 0) else _grad(p.detach(), target, n)
+        opt.step()
+    return [p.detach() for p in params], opt
+
+
+@pytest.mark.parametrize("opts", MASK_OPTIONS, ids=lambda o: f"{o['mask']}-{o['alpha']}")
+@pytest.mark.parametrize(
+    "opt_cls,kwargs",
+    [
+        (AlphaLion, dict(lr=0.01, betas=(0.8, 0.95), weight_decay=0.3)),
+        (AlphaLion, dict(lr=torch.tensor(0.01, dtype=torch.float64), maximize=True)),
+        (AlphaSGD, SGD_SETTINGS[1]),
+        (AlphaSGD, {**SGD_SETTINGS[2], "maximize": True}),
+    ],
+    ids=["lion", "lion-tensor-lr-max", "sgd-damp-wd", "sgd-nesterov-max"],
+)
+def test_foreach_path_equals_single_tensor_path(opt_cls, kwargs, opts):
+    thetas, targets, noise = _problem(7)
+    kwargs = {"lr": 0.05, **kwargs, **opts}
+    single, opt_s = _run_skipping_first(opt_cls, thetas, targets, noise, foreach=False, **kwargs)
+    multi, opt_m = _run_skipping_first(opt_cls, thetas, targets, noise, foreach=True, **kwargs)
+    for a, b in zip(single, multi):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    if opts["mask"] != "none":
+        s, m = opt_s.read_mask_statistics(), opt_m.read_mask_statistics()
+        for key in s:
+            assert s[key] == pytest.approx(m[key], rel=1e-10)
+
+
+@pytest.mark.parametrize("settings", SGD_SETTINGS, ids=["plain", "damp-wd", "nesterov"])
+def test_alphasgd_foreach_none_equals_torch_foreach_sgd(settings):
+    thetas, targets, noise = _problem(8)
+    ours, _ = _run_skipping_first(AlphaSGD, thetas, targets, noise, lr=0.05, mask="none",
+                                  alpha="none", rescale=False, foreach=True, **settings)  # fmt: skip
+    theirs, _ = _run_skipping_first(torch.optim.SGD, thetas, targets, noise, lr=0.05,
+                                    foreach=True, **settings)  # fmt: skip
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

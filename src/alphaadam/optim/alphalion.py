@@ -21,8 +21,9 @@ AlphaLion masks ``u_t`` with :mod:`alphaadam.optim.masking`:
 
 ``alpha`` (``"ratio"``, ``"sqrt_ratio"``, ``"none"``), ``alpha_max`` and ``rescale`` mean what
 they mean for AlphaAdam. Weight decay is decoupled and acts on every coordinate, masked or
-not. Only a single-tensor path exists (Lion's step is a handful of elementwise ops; a
-foreach path would change speed, not results).
+not. A single-tensor path and a multi-tensor (``torch._foreach_*``) path compute the same
+thing; ``foreach=None`` picks the latter for CUDA parameters. A mask needs whole-tensor sums,
+so masked AlphaLion refuses FSDP2-sharded (DTensor) parameters.
 
 State per parameter: ``exp_avg`` (the carried momentum ``m``, in the parameter's dtype, as
 reference Lion implementations keep it) and, with a mask, the last step's ``alpha`` and
@@ -39,7 +40,14 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .alphaadam import AlphaAdam
-from .masking import MaskConfig, agreement_mask, mask_and_compensate
+from .masking import (
+    MaskConfig,
+    agreement_mask,
+    foreach_agreement_masks,
+    foreach_mask_and_compensate,
+    mask_and_compensate,
+)
+from .sharding import is_dtensor
 
 __all__ = ["AlphaLion", "LION_PRESETS"]
 
@@ -66,6 +74,24 @@ def add_scaled_(param: Tensor, update: Tensor, scale: float | Tensor) -> None:
         param.add_(update, alpha=scale)
 
 
+def foreach_add_scaled_(params: list[Tensor], updates: list[Tensor], scale) -> None:
+    """:func:`add_scaled_` for lists of tensors."""
+    if isinstance(scale, Tensor):
+        torch._foreach_add_(params, torch._foreach_mul(updates, scale.to(params[0].device)))
+    else:
+        torch._foreach_add_(params, updates, alpha=scale)
+
+
+def check_not_sharded(name: str, p: Tensor, cfg: MaskConfig) -> None:
+    # alpha and the rescale are whole-tensor quantities; on FSDP2 shards they would need the
+    # cross-shard sums AlphaAdam does (sharding.py), which these optimizers do not implement.
+    if cfg.active and is_dtensor(p):
+        raise RuntimeError(
+            f"{name} with mask={cfg.mask!r} does not support sharded (DTensor / FSDP2) "
+            "parameters; use it with DDP or a single device, or use AlphaAdam"
+        )
+
+
 def check_real_dense(name: str, p: Tensor) -> None:
     if p.grad.is_sparse:
         raise RuntimeError(f"{name} does not support sparse gradients")
@@ -86,6 +112,7 @@ class AlphaLion(Optimizer):
         weight_decay: decoupled weight decay ``theta *= 1 - lr * wd`` on every coordinate.
         mask, alpha, alpha_max, rescale: see :class:`~alphaadam.optim.masking.MaskConfig`.
         maximize: maximise the objective instead.
+        foreach: use the multi-tensor path; ``None`` picks it for CUDA parameters.
     """
 
     def __init__(
@@ -100,6 +127,7 @@ class AlphaLion(Optimizer):
         alpha_max: float = 2.0,
         rescale: bool = True,
         maximize: bool = False,
+        foreach: bool | None = None,
     ) -> None:
         check_lr(lr)
         if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
@@ -116,6 +144,7 @@ class AlphaLion(Optimizer):
             alpha_max=float(alpha_max),
             rescale=rescale,
             maximize=maximize,
+            foreach=foreach,
         )
         super().__init__(params, defaults)
         for group in self.param_groups:
@@ -133,34 +162,86 @@ class AlphaLion(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             cfg = MaskConfig.from_group(group)
-            beta1, beta2 = group["betas"]
-            lr, weight_decay = group["lr"], group["weight_decay"]
+            params, grads, exp_avgs, stats = [], [], [], []
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 check_real_dense("AlphaLion", p)
+                check_not_sharded("AlphaLion", p, cfg)
                 state = self.state[p]
                 if "exp_avg" not in state:
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if cfg.active and "alpha" not in state:
                     state["alpha"] = torch.ones((), dtype=p.dtype, device=p.device)
                     state["mask_density"] = torch.ones((), dtype=p.dtype, device=p.device)
-                exp_avg = state["exp_avg"]
-                g = -p.grad if group["maximize"] else p.grad
-
-                # async reads m_{t-1}: it must be taken before the momentum update below.
-                phi = agreement_mask(g, exp_avg) if cfg.mask == "async" else None
-                direction = exp_avg.lerp(g, 1 - beta1)
-                if cfg.mask == "sync":
-                    phi = agreement_mask(g, direction)
-                update = direction.sign_()
-                update, alpha, density = mask_and_compensate(update, phi, cfg)
-
-                if weight_decay != 0:
-                    p.mul_(1 - lr * weight_decay)
-                add_scaled_(p, update, -lr)
-                exp_avg.lerp_(g, 1 - beta2)
-                if alpha is not None:
-                    state["alpha"].copy_(alpha)
-                    state["mask_density"].copy_(density)
+                params.append(p)
+                grads.append(p.grad)
+                exp_avgs.append(state["exp_avg"])
+                stats.append((state.get("alpha"), state.get("mask_density")))
+            if not params:
+                continue
+            foreach = group.get("foreach")
+            if foreach is None:
+                foreach = all(p.is_cuda for p in params)
+            impl = _multi_tensor_alphalion if foreach else _single_tensor_alphalion
+            beta1, beta2 = group["betas"]
+            impl(
+                params,
+                grads,
+                exp_avgs,
+                stats,
+                cfg=cfg,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=group["weight_decay"],
+                maximize=group["maximize"],
+            )
         return loss
+
+
+def _single_tensor_alphalion(
+    params, grads, exp_avgs, stats, *, cfg, lr, beta1, beta2, weight_decay, maximize
+) -> None:
+    for p, grad, exp_avg, (alpha_out, density_out) in zip(params, grads, exp_avgs, stats):
+        g = -grad if maximize else grad
+        # async reads m_{t-1}: it must be taken before the momentum update below.
+        phi = agreement_mask(g, exp_avg) if cfg.mask == "async" else None
+        direction = exp_avg.lerp(g, 1 - beta1)
+        if cfg.mask == "sync":
+            phi = agreement_mask(g, direction)
+        update = direction.sign_()
+        update, alpha, density = mask_and_compensate(update, phi, cfg)
+
+        if weight_decay != 0:
+            p.mul_(1 - lr * weight_decay)
+        add_scaled_(p, update, -lr)
+        exp_avg.lerp_(g, 1 - beta2)
+        if alpha is not None:
+            alpha_out.copy_(alpha)
+            density_out.copy_(density)
+
+
+def _multi_tensor_alphalion(
+    params, grads, exp_avgs, stats, *, cfg, lr, beta1, beta2, weight_decay, maximize
+) -> None:
+    """The same math with ``torch._foreach_*`` kernels, per (device, dtype) group."""
+    grouped = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, exp_avgs, [a for a, _ in stats], [d for _, d in stats]]
+    )
+    for (g_params, g_grads, g_m, g_alpha, g_density), _ in grouped.values():
+        if maximize:
+            g_grads = torch._foreach_neg(g_grads)
+        masks = foreach_agreement_masks(g_grads, g_m) if cfg.mask == "async" else None
+        updates = torch._foreach_lerp(g_m, g_grads, 1 - beta1)
+        if cfg.mask == "sync":
+            masks = foreach_agreement_masks(g_grads, updates)
+        torch._foreach_sign_(updates)
+        updates, alphas, densities = foreach_mask_and_compensate(updates, masks, cfg)
+        if weight_decay != 0:
+            torch._foreach_mul_(g_params, 1 - lr * weight_decay)
+        foreach_add_scaled_(g_params, updates, -lr)
+        torch._foreach_lerp_(g_m, g_grads, 1 - beta2)
+        if alphas is not None:
+            torch._foreach_copy_(g_alpha, list(alphas.unbind(0)))
+            torch._foreach_copy_(g_density, list(densities.unbind(0)))

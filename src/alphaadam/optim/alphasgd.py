@@ -18,8 +18,9 @@ Masks (:mod:`alphaadam.optim.masking`):
 
 ``g_t`` is the gradient the momentum consumes, weight-decay term included: with coupled
 decay the decay is part of the objective's gradient, so it is masked like the rest (unlike
-AlphaAdam's decoupled decay). A mask requires ``momentum > 0``. Only a single-tensor path
-exists. State: ``momentum_buffer`` (torch SGD's key, so checkpoints move between the two
+AlphaAdam's decoupled decay). A mask requires ``momentum > 0``. Single-tensor and
+multi-tensor (``torch._foreach_*``, chosen by ``foreach=None`` for CUDA) paths compute the
+same thing; masked AlphaSGD refuses FSDP2-sharded (DTensor) parameters. State: ``momentum_buffer`` (torch SGD's key, so checkpoints move between the two
 when unmasked) and, with a mask, ``alpha`` and ``mask_density``.
 """
 
@@ -33,8 +34,20 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .alphaadam import AlphaAdam
-from .alphalion import add_scaled_, check_lr, check_real_dense
-from .masking import MaskConfig, agreement_mask, mask_and_compensate
+from .alphalion import (
+    add_scaled_,
+    check_lr,
+    check_not_sharded,
+    check_real_dense,
+    foreach_add_scaled_,
+)
+from .masking import (
+    MaskConfig,
+    agreement_mask,
+    foreach_agreement_masks,
+    foreach_mask_and_compensate,
+    mask_and_compensate,
+)
 
 __all__ = ["AlphaSGD", "SGD_PRESETS"]
 
@@ -55,6 +68,7 @@ class AlphaSGD(Optimizer):
         nesterov: Nesterov momentum (requires ``momentum > 0`` and ``dampening == 0``).
         mask, alpha, alpha_max, rescale: see :class:`~alphaadam.optim.masking.MaskConfig`.
         maximize: maximise the objective instead.
+        foreach: use the multi-tensor path; ``None`` picks it for CUDA parameters.
     """
 
     def __init__(
@@ -71,6 +85,7 @@ class AlphaSGD(Optimizer):
         alpha_max: float = 2.0,
         rescale: bool = True,
         maximize: bool = False,
+        foreach: bool | None = None,
     ) -> None:
         check_lr(lr)
         if not 0.0 <= momentum < 1.0:
@@ -99,6 +114,7 @@ class AlphaSGD(Optimizer):
             alpha_max=float(alpha_max),
             rescale=rescale,
             maximize=maximize,
+            foreach=foreach,
         )
         super().__init__(params, defaults)
         for group in self.param_groups:
@@ -116,43 +132,116 @@ class AlphaSGD(Optimizer):
                 loss = closure()
         for group in self.param_groups:
             cfg = MaskConfig.from_group(group)
-            mu, dampening = group["momentum"], group["dampening"]
-            lr, weight_decay = group["lr"], group["weight_decay"]
+            params, grads, bufs, fresh, stats = [], [], [], [], []
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 check_real_dense("AlphaSGD", p)
+                check_not_sharded("AlphaSGD", p, cfg)
                 state = self.state[p]
-                g = -p.grad if group["maximize"] else p.grad
-                if weight_decay != 0:
-                    g = g.add(p, alpha=weight_decay)
                 if cfg.active and "alpha" not in state:
                     state["alpha"] = torch.ones((), dtype=p.dtype, device=p.device)
                     state["mask_density"] = torch.ones((), dtype=p.dtype, device=p.device)
-
-                phi = None
-                if mu != 0:
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        if cfg.mask == "async":
-                            phi = torch.zeros_like(g)  # g * b_0 with b_0 = 0: nothing agrees
-                        buf = torch.clone(g).detach()
-                        state["momentum_buffer"] = buf
-                    else:
-                        if cfg.mask == "async":
-                            phi = agreement_mask(g, buf)
-                        buf.mul_(mu).add_(g, alpha=1 - dampening)
-                    update = g.add(buf, alpha=mu) if group["nesterov"] else buf
-                else:
-                    update = g
-                if phi is not None or cfg.mask == "sync":
-                    update = update.clone()  # masked in place below; the buffer must survive
-                if cfg.mask == "sync":
-                    phi = agreement_mask(g, update)
-
-                update, alpha, density = mask_and_compensate(update, phi, cfg)
-                add_scaled_(p, update, -lr)
-                if alpha is not None:
-                    state["alpha"].copy_(alpha)
-                    state["mask_density"].copy_(density)
+                buf = state.get("momentum_buffer")
+                # A zero buffer before step 1 is b_0 = 0 for the mask; the step itself then
+                # sets b_1 = g_1 (torch's first step, without dampening).
+                fresh.append(buf is None)
+                if buf is None and group["momentum"] != 0:
+                    buf = state["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format
+                    )
+                params.append(p)
+                grads.append(p.grad)
+                bufs.append(buf)
+                stats.append((state.get("alpha"), state.get("mask_density")))
+            if not params:
+                continue
+            foreach = group.get("foreach")
+            if foreach is None:
+                foreach = all(p.is_cuda for p in params)
+            impl = _multi_tensor_alphasgd if foreach else _single_tensor_alphasgd
+            impl(
+                params,
+                grads,
+                bufs,
+                fresh,
+                stats,
+                cfg=cfg,
+                lr=group["lr"],
+                momentum=group["momentum"],
+                dampening=group["dampening"],
+                weight_decay=group["weight_decay"],
+                nesterov=group["nesterov"],
+                maximize=group["maximize"],
+            )
         return loss
+
+
+def _single_tensor_alphasgd(
+    params, grads, bufs, fresh, stats, *, cfg, lr, momentum, dampening, weight_decay,
+    nesterov, maximize,
+) -> None:  # fmt: skip
+    for p, grad, buf, is_fresh, (alpha_out, density_out) in zip(params, grads, bufs, fresh, stats):
+        g = -grad if maximize else grad
+        if weight_decay != 0:
+            g = g.add(p, alpha=weight_decay)
+        phi = None
+        if momentum != 0:
+            # async reads b_{t-1}: it must be taken before the buffer update below.
+            phi = agreement_mask(g, buf) if cfg.mask == "async" else None
+            if is_fresh:
+                buf.copy_(g)
+            else:
+                buf.mul_(momentum).add_(g, alpha=1 - dampening)
+            update = g.add(buf, alpha=momentum) if nesterov else buf
+        else:
+            update = g
+        if cfg.active:
+            update = update.clone()  # masked in place below; the buffer must survive
+        if cfg.mask == "sync":
+            phi = agreement_mask(g, update)
+        update, alpha, density = mask_and_compensate(update, phi, cfg)
+        add_scaled_(p, update, -lr)
+        if alpha is not None:
+            alpha_out.copy_(alpha)
+            density_out.copy_(density)
+
+
+def _multi_tensor_alphasgd(
+    params, grads, bufs, fresh, stats, *, cfg, lr, momentum, dampening, weight_decay,
+    nesterov, maximize,
+) -> None:  # fmt: skip
+    """The same math with ``torch._foreach_*`` kernels, per (device, dtype) group."""
+    grouped = Optimizer._group_tensors_by_device_and_dtype(
+        [params, grads, bufs, [a for a, _ in stats], [d for _, d in stats]], with_indices=True
+    )
+    for (g_params, g_grads, g_bufs, g_alpha, g_density), indices in grouped.values():
+        if maximize:
+            g_grads = torch._foreach_neg(g_grads)
+        if weight_decay != 0:
+            g_grads = torch._foreach_add(g_grads, g_params, alpha=weight_decay)
+        masks = None
+        if momentum != 0:
+            if cfg.mask == "async":
+                masks = foreach_agreement_masks(g_grads, g_bufs)
+            new = [i for i, k in enumerate(indices) if fresh[k]]
+            old = [i for i, k in enumerate(indices) if not fresh[k]]
+            if new:
+                torch._foreach_copy_([g_bufs[i] for i in new], [g_grads[i] for i in new])
+            if old:
+                old_bufs = [g_bufs[i] for i in old]
+                torch._foreach_mul_(old_bufs, momentum)
+                torch._foreach_add_(old_bufs, [g_grads[i] for i in old], alpha=1 - dampening)
+            if nesterov:
+                updates = torch._foreach_add(g_grads, g_bufs, alpha=momentum)
+            else:
+                updates = torch._foreach_mul(g_bufs, 1.0) if cfg.active else g_bufs
+        else:
+            updates = g_grads
+        if cfg.mask == "sync":
+            masks = foreach_agreement_masks(g_grads, updates)
+        updates, alphas, densities = foreach_mask_and_compensate(updates, masks, cfg)
+        foreach_add_scaled_(g_params, updates, -lr)
+        if alphas is not None:
+            torch._foreach_copy_(g_alpha, list(alphas.unbind(0)))
+            torch._foreach_copy_(g_density, list(densities.unbind(0)))
