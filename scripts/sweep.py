@@ -27,15 +27,19 @@ def expand_jobs(overrides: list[str]) -> tuple[list[list[str]], object]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    parser = OverridesParser.create()
+    cli = parser.parse_overrides(overrides)
+    # compose() builds one job's config, so it gets the non-sweep overrides only.
+    plain = [o.input_line for o in cli if not o.is_sweep_override()]
     with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-        params = cfg.hydra.sweeper.params or {}
-        swept = [f"{k}={v}" for k, v in params.items()]
-        parser = OverridesParser.create()
-        # Command-line sweeps (seed=1,2,3) add to the config's, as in a real multirun.
-        parsed = parser.parse_overrides(swept + overrides)
-        batches = BasicSweeper.split_arguments(parsed, max_batch_size=None)
-        return [list(job) for batch in batches for job in batch], cfg
+        cfg = compose("config", overrides=plain, return_hydra_config=True)
+    params = cfg.hydra.sweeper.params or {}
+    # As Hydra's BasicSweeper: the config's sweep params, then the command line's task
+    # overrides (a key given on both wins from the command line).
+    task_overrides = [o for o in overrides if not o.startswith(("hydra.", "hydra/"))]
+    swept = parser.parse_overrides([f"{k}={v}" for k, v in params.items()] + task_overrides)
+    batches = BasicSweeper.split_arguments(swept, max_batch_size=None)
+    return [list(job) for batch in batches for job in batch], cfg
 
 
 def sbatch_header(cfg, n_jobs: int, folder: str) -> str:
@@ -77,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep", choices=SWEEPS)
     parser.add_argument("--dry-run", action="store_true", help="print the jobs, submit nothing")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every job")
-    args = parser.parse_args(argv)
+    # Intermixed: `--dry-run` may come after the overrides (`table3 seed=1,2 --dry-run`).
+    args = parser.parse_intermixed_args(argv)
 
     base = [f"+sweep={args.sweep}", "hydra/launcher=slurm"]
     if not args.dry_run:
@@ -94,12 +99,23 @@ def main(argv: list[str] | None = None) -> int:
     jobs, cfg = expand_jobs(base + overrides)
     sweep_dir = cfg.hydra.sweep.dir
     print(f"sweep {args.sweep}: {len(jobs)} job(s), sweep dir {sweep_dir}")
-    for num, job in enumerate(jobs):
-        shown = [o for o in job if not o.startswith(("+sweep=", "hydra/launcher=", "hydra."))]
-        optimizer = next((o.split("=", 1)[1] for o in job if o.startswith("optimizer=")), None)
-        optimizer = optimizer or str(cfg.optimizer.name)
-        print(f"  job {num:4d}: {' '.join(shown)}")
-        print(f"             run dir {sweep_dir}/{num}_{optimizer}")
+    from hydra import compose, initialize_config_dir
+
+    hydra_overrides = [o for o in base + overrides if o.startswith(("hydra.", "hydra/"))]
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        for num, job in enumerate(jobs):
+            # Composing every job catches a bad combination before anything is submitted.
+            job_cfg = compose("config", overrides=hydra_overrides + job)
+            tc = job_cfg.trainer
+            shown = [o for o in job if not o.startswith(("+sweep=", "hydra/launcher=", "hydra."))]
+            length = f"{tc.max_epochs} epochs" if tc.max_epochs else f"{tc.max_steps} steps"
+            print(f"  job {num:4d}: {' '.join(shown)}")
+            print(
+                f"             {job_cfg.experiment_name}, lr {job_cfg.optimizer.lr:g}, "
+                f"betas {tuple(job_cfg.optimizer.get('betas') or ())}, batch "
+                f"{tc.micro_batch_size * tc.gradient_accumulation_steps}, {length}, seed "
+                f"{job_cfg.seed}; run dir {sweep_dir}/{num}_{job_cfg.optimizer.name}"
+            )
     print("\nsbatch script submitit would submit (not submitted):")
     print(sbatch_header(cfg, len(jobs), f"{sweep_dir}/.submitit/%j"))
     return 0
