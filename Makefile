@@ -2,7 +2,7 @@ PYTHON ?= python
 # Torch on 2 CPU cores: more threads than cores only adds contention.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install test test-fast lint format bench
+.PHONY: install test test-fast lint format bench tables figures
 
 install:
 	$(PYTHON) -m pip install torch==2.13.0
@@ -25,3 +25,18 @@ format:
 
 bench:
 	$(PYTHON) benchmarks/optimizer_step.py
+
+# Paper tables/figures from every run dir under $(RESULTS) (docs/results.md).
+RESULTS ?= results
+tables:
+	$(PYTHON) scripts/make_tables.py --root $(RESULTS) $(TABLE_ARGS)
+
+figures:
+	$(PYTHON) scripts/make_figures.py --root $(RESULTS) $(FIGURE_ARGS)
+
+# One SLURM sweep per paper result (docs/slurm.md): `make sweep-table1 DRY_RUN=1` prints the
+# jobs without submitting; SWEEP_ARGS takes Hydra overrides (hydra.launcher.partition=gpu ...).
+SWEEPS := sweep-table1 sweep-table2 sweep-table3 sweep-figure2 sweep-smoke
+.PHONY: $(SWEEPS)
+$(SWEEPS):
+	$(PYTHON) scripts/sweep.py $(patsubst sweep-%,%,$@) $(if $(DRY_RUN),--dry-run) $(SWEEP_ARGS)
