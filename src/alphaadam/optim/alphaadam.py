@@ -396,6 +396,51 @@ def _single_tensor_alphaadam(
 # ----------------------------------------------------------------------------------------
 # Multi-tensor path: the same math with torch._foreach_* kernels.
 # ----------------------------------------------------------------------------------------
+CPU_CHUNK_NUMEL = 1 << 18
+
+
+def _cache_sized_chunks(grouped, enabled: bool = True):
+    """The device/dtype groups, with CPU groups cut into runs of about CPU_CHUNK_NUMEL
+    elements.
+
+    The math is per tensor, so chunking changes nothing but speed: on CPU, foreach kernels
+    are per-tensor loops, and running the whole step over a chunk at a time keeps its
+    temporaries small (reused by the allocator instead of page-faulted in) and in cache
+    between passes. Accelerators keep one launch per kernel for the whole group. Not
+    ``enabled`` for shards: each chunk's sums are all-reduced, so every rank must cut the
+    same chunks, and shard sizes differ between ranks.
+    """
+    for key, (lists, indices) in grouped.items():
+        # Under torch.compile the grouping key is (None, None) and inductor fuses anyway.
+        if not enabled or key[0] is None or key[0].type != "cpu":
+            yield key, (lists, indices)
+            continue
+        start, total = 0, 0
+        params = lists[0]
+        for i, p in enumerate(params):
+            total += p.numel()
+            if total >= CPU_CHUNK_NUMEL or i == len(params) - 1:
+                chunk = [lst[start : i + 1] for lst in lists]
+                yield key, (chunk, None if indices is None else indices[start : i + 1])
+                start, total = i + 1, 0
+
+
+def _divide_into_denominators(numerators: list[Tensor], denominators: list[Tensor]) -> list[Tensor]:
+    """``numerators / denominators``, written over the denominators on CPU.
+
+    CPU has no multi-tensor kernels (foreach is a per-tensor loop there) and a fresh buffer
+    the size of the model is page-faulted in, which costs more than the division itself.
+    On accelerators the caching allocator makes the out-of-place foreach kernel cheap, and
+    torch.compile (which fuses the step anyway) gets the functional form.
+    """
+    on_cpu = bool(denominators) and denominators[0].device.type == "cpu"
+    if on_cpu and not torch.compiler.is_compiling():
+        for n, d in zip(numerators, denominators):
+            torch.div(n, d, out=d)
+        return denominators
+    return torch._foreach_div(numerators, denominators)
+
+
 def _multi_tensor_alphaadam(
     params: list[Tensor],
     grads: list[Tensor],
@@ -424,7 +469,7 @@ def _multi_tensor_alphaadam(
     for (_device, _dtype), (
         (g_params, g_grads, g_m, g_v, g_steps, g_alpha, g_density),
         indices,
-    ) in grouped.items():
+    ) in _cache_sized_chunks(grouped, enabled=reduce_sums is None):
         g_numels = None if numels is None else [numels[i] for i in indices]
         low_precision = g_params[0].dtype in LOW_PRECISION
         work_params = [p.float() for p in g_params] if low_precision else g_params
@@ -442,19 +487,22 @@ def _multi_tensor_alphaadam(
         if cfg.mask == "sync":
             masks = foreach_agreement_masks(g_grads, g_m)
 
+        # u = m / (sqrt(v)/bc2s + eps) / bc1 = m / (sqrt(v) + eps*bc2s) * (bc2s/bc1): the
+        # per-tensor scalars join lr in one multiply at the end (alpha is scale-invariant),
+        # which saves two passes over every tensor.
         denom = torch._foreach_sqrt(g_v)
+        step_scale = None
         if bias_correction:
             # Each tensor's own step (they may differ), stacked: a few kernels for all.
             bc1_all, bc2_sqrt_all = _bias_corrections(
                 torch.stack(g_steps), beta1, beta2, state_dtype
             )
-            bc1 = list(bc1_all.unbind(0))
-            torch._foreach_div_(denom, list(bc2_sqrt_all.unbind(0)))
-        torch._foreach_add_(denom, eps)
-        updates = torch._foreach_div(g_m, denom)
+            torch._foreach_add_(denom, list((eps * bc2_sqrt_all).unbind(0)))
+            step_scale = bc2_sqrt_all / bc1_all
+        else:
+            torch._foreach_add_(denom, eps)
+        updates = _divide_into_denominators(g_m, denom)
         del denom
-        if bias_correction:
-            torch._foreach_div_(updates, bc1)
 
         updates, alphas, densities = foreach_mask_and_compensate(
             updates, masks, cfg, numels=g_numels, reduce_sums=reduce_sums
@@ -464,9 +512,11 @@ def _multi_tensor_alphaadam(
             decay = 1 - lr * weight_decay
             torch._foreach_mul_(work_params, decay)
         if isinstance(lr, Tensor):
-            torch._foreach_mul_(updates, lr.to(device=updates[0].device))
-        else:
+            lr = lr.to(device=updates[0].device)
+        if step_scale is None:
             torch._foreach_mul_(updates, lr)
+        else:
+            torch._foreach_mul_(updates, list((step_scale * lr).unbind(0)))
         torch._foreach_sub_(work_params, updates)
 
         if low_precision:
