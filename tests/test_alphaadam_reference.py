@@ -306,3 +306,35 @@ def test_adamw_preset_matches_torch_adamw(case, foreach, torch_foreach):
         torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-6, atol=5e-7)
         torch.testing.assert_close(opt.state[a]["exp_avg"], ref.state[b]["exp_avg"])
         torch.testing.assert_close(opt.state[a]["exp_avg_sq"], ref.state[b]["exp_avg_sq"])
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 40])
+def test_foreach_cpu_chunks_match_algorithm1(chunk, monkeypatch):
+    # The CPU foreach path runs over runs of about CPU_CHUNK_NUMEL elements; tiny chunks
+    # make tensors both above and below the chunk size share and split runs.
+    import alphaadam.optim.alphaadam as module
+
+    monkeypatch.setattr(module, "CPU_CHUNK_NUMEL", chunk)
+    run_against_reference(Hyper(lr=1e-2, weight_decay=0.1), foreach=True)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+def test_tensors_at_different_steps_match_algorithm1(foreach):
+    # A parameter without a gradient skips the step (its t does not advance), so one group
+    # holds tensors at different t: bias corrections must be per tensor.
+    hp = Hyper(lr=1e-2, weight_decay=0.1)
+    params = make_params(shapes=[(5,), (3, 2), ()])
+    refs = [Algorithm1(p, hp) for p in params]
+    grads = [make_grads(p.shape, STEPS, seed=50 + i) for i, p in enumerate(params)]
+    opt = AlphaAdam(params, lr=hp.lr, weight_decay=hp.weight_decay, foreach=foreach)
+    for step in range(STEPS):
+        for i, (p, ref) in enumerate(zip(params, refs)):
+            if step % (i + 2) == 1:  # this tensor sits this step out
+                p.grad = None
+            else:
+                p.grad = grads[i][step].clone()
+                ref.step(grads[i][step])
+        opt.step()
+        for p, ref in zip(params, refs):
+            torch.testing.assert_close(p.detach(), ref.theta, rtol=1e-10, atol=1e-12)
+    assert len({int(opt.state[p]["step"]) for p in params}) > 1
