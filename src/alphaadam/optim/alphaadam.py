@@ -12,7 +12,7 @@ Algorithm 1 of the paper, per parameter tensor of ``d`` elements::
     eta^    = eta * d / (||phi_t||_0 + 1)
     theta   = theta - eta^ * alpha_t * phi_t * u_t
 
-Choices the paper leaves open, and what this implementation does (docs/choices.md):
+Choices the paper leaves open, and what this implementation does (docs/optimizer.md):
 
 * ``bias_correction=True`` (default): ``h_t`` and ``v_t`` are bias-corrected as in AdamW, so
   the ``mask="none"`` preset is exactly AdamW. ``False`` gives the literal pseudo-code.
@@ -25,7 +25,8 @@ Choices the paper leaves open, and what this implementation does (docs/choices.m
 State per parameter (identical for the single-tensor and foreach paths, so a checkpoint
 moves between them): ``step`` (0-d float32), ``exp_avg`` and ``exp_avg_sq`` (float32 for
 fp16/bf16 parameters, else the parameter's dtype), and, when a mask is active, the last
-step's ``alpha`` and ``mask_density`` (0-d tensors, kept on the device).
+step's ``alpha`` and ``mask_density`` (0-d tensors, kept on the device). ``load_state_dict``
+keeps this layout (torch's default would cast fp32 moments to a half parameter's dtype).
 """
 
 from __future__ import annotations
