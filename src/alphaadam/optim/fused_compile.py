@@ -3,8 +3,8 @@
 Two compiled functions per tensor, both with dynamic shapes so that one compilation serves
 every parameter (tensors are flattened, so rank never changes):
 
-* ``_moments_and_sums``: updates ``step``, ``exp_avg``, ``exp_avg_sq`` in place, writes the
-  agreement mask as ``bool`` (1 byte per element) and returns ``[||u||^2, ||phi u||^2, nnz]``;
+* ``_moments_and_sums``: updates ``exp_avg`` and ``exp_avg_sq`` in place, writes the
+  agreement mask as ``uint8`` (1 byte per element) and returns ``[||u||^2, ||phi u||^2, nnz]``;
   Inductor emits one loop that stores the moments and mask and reduces the sums.
 * ``_apply``: turns complete sums into ``scale * alpha`` (same formulas as
   ``fused.coefficients``), recomputes ``u`` from the stored moments (cheaper than storing it:
@@ -15,8 +15,14 @@ Without sharding each tensor runs pass 1 then pass 2 at once, so only one tensor
 alive at a time. With sharded parameters all pass-1 sums are all-reduced in one collective
 before any pass 2, so the masks of the whole bucket are alive (1 byte per local element).
 
-``lr`` is passed as a 0-d tensor (a scheduler changing it does not recompile); betas, eps,
-weight decay and the mask options are compile-time constants (changing one recompiles).
+``lr``, betas, eps and weight decay are passed as 0-d/1-d tensors, so a scheduler (or
+param groups with different weight decay) never recompiles. Compiled variants are made per
+parameter dtype, per mask/alpha option set, and for one-element tensors (Dynamo specialises
+sizes 0 and 1), so a model normally needs two to four.
+
+Step counts and bias corrections are updated outside the compiled code, once per step for
+all tensors: inside, Inductor would recompute the two float64 ``pow`` calls in every
+iteration of the element loop (it does not hoist them), which made the step 2-3x slower.
 """
 
 from __future__ import annotations
@@ -40,71 +46,66 @@ def _flat(t: Tensor) -> Tensor:
     return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
 
 
-def _direction(m: Tensor, v: Tensor, step: Tensor, beta1, beta2, eps, bias_correction) -> Tensor:
-    if bias_correction:
-        t = step.to(torch.float64)
-        bc1 = (1 - torch.pow(beta1, t)).to(m.dtype)
-        bc2_sqrt = (1 - torch.pow(beta2, t)).sqrt().to(m.dtype)
-        return m / (v.sqrt() / bc2_sqrt + eps) / bc1
-    return m / (v.sqrt() + eps)
+def _direction(m: Tensor, v: Tensor, bc: Tensor, hyper: Tensor) -> Tensor:
+    """``u = h / (sqrt(v) / sqrt(1 - b2^t) + eps) / (1 - b1^t)``, as the reference computes it."""
+    # Scalar reciprocals: one vector division per element instead of three (the reference
+    # divides by the scalars; results differ by an ulp).
+    inv = (1 / bc).to(m.dtype)
+    return (m * inv[0]) / (v.sqrt() * inv[1] + hyper[2].to(m.dtype))
+
+
+def _moments(g: Tensor, m: Tensor, v: Tensor, hyper: Tensor) -> None:
+    m.lerp_(g, (1 - hyper[0]).to(m.dtype))
+    v.mul_(hyper[1].to(m.dtype)).add_((1 - hyper[1]).to(m.dtype) * g * g)
 
 
 def _moments_and_sums(
     grad: Tensor,
     m: Tensor,
     v: Tensor,
-    step: Tensor,
+    bc: Tensor,
     mask_out: Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
+    hyper: Tensor,
     mask_kind: str,
-    bias_correction: bool,
     maximize: bool,
 ) -> Tensor:
     g = grad.to(m.dtype)
     if maximize:
         g = -g
-    step.add_(1)
     if mask_kind == "async":
         phi = g * m > 0  # the momentum before this step's update (Algorithm 1)
-    m.lerp_(g, 1 - beta1)
-    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    _moments(g, m, v, hyper)
     if mask_kind == "sync":
         phi = g * m > 0
-    u = _direction(m, v, step, beta1, beta2, eps, bias_correction)
-    mask_out.copy_(phi)
+    u = _direction(m, v, bc, hyper)
+    # uint8 through a float select: Inductor's CPU code stores a bool (or a bool->int8 cast)
+    # element by element, which cost more than the whole rest of the pass.
+    phi_f = torch.where(phi, 1.0, 0.0).to(m.dtype)
+    mask_out.copy_(phi_f.to(torch.uint8))
     u_sq = u * u
-    return torch.stack([u_sq.sum(), torch.where(phi, u_sq, 0).sum(), phi.sum(dtype=m.dtype)])
+    return torch.stack([u_sq.sum(), (u_sq * phi_f).sum(), phi_f.sum()])
 
 
 def _apply(
     param: Tensor,
     m: Tensor,
     v: Tensor,
-    step: Tensor,
+    bc: Tensor,
     mask: Tensor,
     sums: Tensor,
     numel: Tensor,
     lr: Tensor,
-    alpha_out: Tensor,
-    density_out: Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
+    hyper: Tensor,
     cfg: MaskConfig,
-    bias_correction: bool,
-) -> None:
+) -> Tensor:
     coef, alpha, density = coefficients(sums[0], sums[1], sums[2], numel, cfg)
-    u = _direction(m, v, step, beta1, beta2, eps, bias_correction)
-    theta = param.to(m.dtype)
+    u = _direction(m, v, bc, hyper)
     lr = lr.to(m.dtype)
-    if weight_decay != 0:
-        theta = theta * (1 - lr * weight_decay)
-    param.copy_(theta - (lr * coef) * torch.where(mask, u, 0))
-    alpha_out.copy_(alpha)
-    density_out.copy_(density)
+    theta = param.to(m.dtype) * (1 - lr * hyper[3].to(m.dtype))
+    param.copy_(theta - (lr * coef) * (u * mask.to(m.dtype)))
+    # Returned, not copied into the state here: Inductor (torch 2.13, CPU) drops in-place
+    # writes to float64 0-d inputs. The caller copies all of them with one foreach call.
+    return torch.stack([alpha, density])
 
 
 def _adamw(
@@ -112,27 +113,19 @@ def _adamw(
     grad: Tensor,
     m: Tensor,
     v: Tensor,
-    step: Tensor,
+    bc: Tensor,
     lr: Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    bias_correction: bool,
+    hyper: Tensor,
     maximize: bool,
 ) -> None:
     # mask="none": no per-tensor sums, so a single pass (AdamW).
     g = grad.to(m.dtype)
     if maximize:
         g = -g
-    step.add_(1)
-    m.lerp_(g, 1 - beta1)
-    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    u = _direction(m, v, step, beta1, beta2, eps, bias_correction)
-    theta = param.to(m.dtype)
+    _moments(g, m, v, hyper)
+    u = _direction(m, v, bc, hyper)
     lr = lr.to(m.dtype)
-    if weight_decay != 0:
-        theta = theta * (1 - lr * weight_decay)
+    theta = param.to(m.dtype) * (1 - lr * hyper[3].to(m.dtype))
     param.copy_(theta - lr * u)
 
 
@@ -145,6 +138,33 @@ def _compiled_fn(name: str):
         fn = {"sums": _moments_and_sums, "apply": _apply, "adamw": _adamw}[name]
         _compiled[name] = torch.compile(fn, dynamic=True, fullgraph=True)
     return _compiled[name]
+
+
+def _step_and_bias_corrections(
+    steps: list[Tensor], beta1: float, beta2: float, bias_correction: bool
+) -> list[Tensor]:
+    """Increment every step; per tensor ``[1 - b1^t, sqrt(1 - b2^t)]`` in float64.
+
+    float64 as in the reference path (float32 ``0.999`` is off by 1.3e-8, which ``1 - b2^t``
+    amplifies to a 1e-5 relative error at t = 1). One small tensor per device, handed out
+    as non-view row aliases (see :func:`_flat`).
+    """
+    rows: list[Tensor | None] = [None] * len(steps)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, s in enumerate(steps):
+        by_device.setdefault(s.device, []).append(i)
+    for device, idx in by_device.items():
+        group = [steps[i] for i in idx]
+        torch._foreach_add_(group, 1.0)
+        exact = torch.float32 if device.type == "mps" else torch.float64
+        if bias_correction:
+            t = torch.stack(group).to(exact)
+            table = torch.stack([1 - torch.pow(beta1, t), (1 - torch.pow(beta2, t)).sqrt()], 1)
+        else:
+            table = torch.ones(len(idx), 2, dtype=exact, device=device)
+        for i, row in zip(idx, table.contiguous().unbind(0)):
+            rows[i] = _flat(row)
+    return rows  # type: ignore[return-value]
 
 
 def compiled_alphaadam(
@@ -169,66 +189,62 @@ def compiled_alphaadam(
     """Same signature and results as ``alphaadam._single_tensor_alphaadam``."""
     if numels is None:
         numels = [p.numel() for p in params]
-    lrs: dict[torch.device, Tensor] = {}
+    scalars: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
-    def lr_on(device: torch.device) -> Tensor:
-        if device not in lrs:
-            lrs[device] = lr_tensor(lr, device)
-        return lrs[device]
+    def scalars_on(device: torch.device) -> tuple[Tensor, Tensor]:
+        # Tensors, not Python floats: Dynamo would specialise on (and recompile for) each
+        # value of lr, betas, eps and weight decay.
+        if device not in scalars:
+            hyper = torch.tensor([beta1, beta2, eps, weight_decay], dtype=torch.float64)
+            scalars[device] = (lr_tensor(lr, device), hyper.to(device))
+        return scalars[device]
 
-    consts = dict(beta1=beta1, beta2=beta2, eps=eps, bias_correction=bias_correction)
+    bcs = _step_and_bias_corrections(steps, beta1, beta2, bias_correction)
     if not cfg.active:
         adamw = _compiled_fn("adamw")
-        for p, g, m, v, s in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
+        for p, g, m, v, bc in zip(params, grads, exp_avgs, exp_avg_sqs, bcs):
             if p.numel() == 0:
-                s.add_(1)
                 continue
-            adamw(
-                _flat(p), _flat(g), _flat(m), _flat(v), s, lr_on(p.device),
-                weight_decay=weight_decay, maximize=maximize, **consts,
-            )  # fmt: skip
+            lr_t, hyper = scalars_on(p.device)
+            adamw(_flat(p), _flat(g), _flat(m), _flat(v), bc, lr_t, hyper, maximize=maximize)
         return
 
     moments_and_sums = _compiled_fn("sums")
     apply = _compiled_fn("apply")
     pending = []
-    for p, g, m, v, s, (alpha_out, density_out), numel in zip(
-        params, grads, exp_avgs, exp_avg_sqs, steps, stats, numels
-    ):
+    stat_values: list[Tensor] = []
+    for p, g, m, v, bc, numel in zip(params, grads, exp_avgs, exp_avg_sqs, bcs, numels):
         if p.numel() == 0:
             # A zero-size (local shard of a) tensor: nothing to touch, its sums are zero.
-            s.add_(1)
-            mask = torch.empty(0, dtype=torch.bool, device=p.device)
+            mask = torch.empty(0, dtype=torch.uint8, device=p.device)
             sums = torch.zeros(3, dtype=m.dtype, device=p.device)
         else:
-            mask = torch.empty(p.shape, dtype=torch.bool, device=p.device)
+            mask = torch.empty(p.shape, dtype=torch.uint8, device=p.device)
             sums = moments_and_sums(
-                _flat(g), _flat(m), _flat(v), s, _flat(mask),
-                mask_kind=cfg.mask, maximize=maximize, **consts,
+                _flat(g), _flat(m), _flat(v), bc, _flat(mask), scalars_on(p.device)[1],
+                mask_kind=cfg.mask, maximize=maximize,
             )  # fmt: skip
-        item = (p, m, v, s, mask, sums, numel, alpha_out, density_out)
+        item = (p, m, v, bc, mask, sums, numel)
         if reduce_sums is None:
-            _apply_one(apply, item, lr_on, weight_decay, cfg, consts)
+            stat_values.append(_apply_one(apply, item, scalars_on, cfg))
         else:
             pending.append(item)
-    if not pending:
-        return
-    # One collective for the whole bucket: rows are tensors, columns the three sums.
-    reduced = reduce_sums(torch.stack([item[5].to(torch.float64) for item in pending]))
-    for item, row in zip(pending, reduced.unbind(0)):
-        item = item[:5] + (row.to(item[1].dtype),) + item[6:]
-        _apply_one(apply, item, lr_on, weight_decay, cfg, consts)
+    if pending:
+        # One collective for the whole bucket: rows are tensors, columns the three sums.
+        reduced = reduce_sums(torch.stack([item[5].to(torch.float64) for item in pending]))
+        for item, row in zip(pending, reduced.unbind(0)):
+            item = item[:5] + (row.to(item[1].dtype),) + item[6:]
+            stat_values.append(_apply_one(apply, item, scalars_on, cfg))
+    torch._foreach_copy_(
+        [t for pair in stats for t in pair], [t for pair in stat_values for t in pair.unbind(0)]
+    )
 
 
-def _apply_one(apply, item, lr_on, weight_decay, cfg, consts) -> None:
-    p, m, v, s, mask, sums, numel, alpha_out, density_out = item
+def _apply_one(apply, item, scalars_on, cfg: MaskConfig) -> Tensor:
+    p, m, v, bc, mask, sums, numel = item
     numel_t = torch.tensor(numel, dtype=m.dtype, device=p.device)
     if p.numel() == 0:
         _, alpha, density = coefficients(sums[0], sums[1], sums[2], numel_t, cfg)
-        alpha_out.copy_(alpha)
-        density_out.copy_(density)
-        return
-    apply(
-        _flat(p), _flat(m), _flat(v), s, _flat(mask), sums, numel_t, lr_on(p.device),
-        alpha_out, density_out, weight_decay=weight_decay, cfg=cfg, **consts,
-    )  # fmt: skip
+        return torch.stack([alpha, density])
+    lr_t, hyper = scalars_on(p.device)
+    return apply(_flat(p), _flat(m), _flat(v), bc, _flat(mask), sums, numel_t, lr_t, hyper, cfg=cfg)

@@ -1,0 +1,375 @@
+"""The fused AlphaAdam step as two Triton kernels launched over all tensors of a group.
+
+Layout (in the spirit of apex's ``multi_tensor_apply``): every tensor of a (device, param
+dtype) group is cut into ``CHUNK``-element chunks; one program handles one chunk. Two small
+int64 tables travel to the device each step:
+
+* per tensor: the addresses of param, grad, exp_avg, exp_avg_sq, its element count and the
+  offset of its mask in one flat ``uint8`` buffer (1 byte per element);
+* per chunk: the tensor index and start element (cached: it depends only on the sizes).
+
+Pass 1 (``_moments_kernel``) reads ``g, m, v``, writes ``m, v`` and the mask byte and adds the
+chunk's ``||u||^2``, ``||phi u||^2`` and ``nnz`` into per-tensor accumulators with
+``tl.atomic_add`` (fp32, fp32, int32). Between the passes a few tiny torch ops turn the sums
+(all-reduced over shards first, under FSDP2) into ``lr * d/(nnz+1) * alpha`` per tensor.
+Pass 2 (``_apply_kernel``) reads ``p, m, v`` and the mask byte, recomputes ``u`` and writes
+``p``. With ``mask="none"`` there are no sums and pass 1 applies the AdamW update itself.
+
+Traffic per fp32 element: pass 1 reads 12 and writes 9 bytes, pass 2 reads 13 and writes 4:
+38 bytes, against 28 for a fused AdamW (16 + 12 with bf16 params and fp32 state: 34 vs 24).
+
+Kernels are built from plain functions: ``triton.jit`` for CUDA tensors and the Triton
+interpreter for CPU tensors (how CI tests them; slow, for testing only). Moments must be
+float32 (float32/float16/bfloat16 parameters).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .fused import bias_corrections, coefficients, lr_tensor
+from .masking import MaskConfig
+from .sharding import ReduceSums
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - the dispatcher checks before importing us
+    triton = None
+    tl = None
+
+BLOCK = 1024
+CHUNK = 4096
+# The interpreter runs each program in numpy: small chunks keep CI tests short while still
+# cutting small test tensors into several chunks.
+INTERPRET_BLOCK = 16
+INTERPRET_CHUNK = 32
+
+MASK_NONE, MASK_ASYNC, MASK_SYNC = 0, 1, 2
+_MASK_CODES = {"none": MASK_NONE, "async": MASK_ASYNC, "sync": MASK_SYNC}
+_TL_DTYPES = {}
+
+
+def _moments_kernel(
+    table_ptr,  # int64 [6, n]: p, g, m, v addresses, numel, mask offset
+    n_tensors,
+    chunk_tensor_ptr,  # int32 [chunks]
+    chunk_start_ptr,  # int64 [chunks]
+    bc_ptr,  # fp32 [2, n]: 1 - b1^t, sqrt(1 - b2^t)
+    sums_ptr,  # fp32 [2, n]: ||u||^2, ||phi u||^2
+    nnz_ptr,  # int32 [n]
+    mask_ptr,  # uint8 [total]
+    lr_ptr,  # fp32 [] (only for MASK_MODE == 0)
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    P_DTYPE: tl.constexpr,
+    MASK_MODE: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    t = tl.load(chunk_tensor_ptr + pid)
+    start = tl.load(chunk_start_ptr + pid)
+    p_ptr = tl.load(table_ptr + t).to(tl.pointer_type(P_DTYPE))
+    g_ptr = tl.load(table_ptr + n_tensors + t).to(tl.pointer_type(P_DTYPE))
+    m_ptr = tl.load(table_ptr + 2 * n_tensors + t).to(tl.pointer_type(tl.float32))
+    v_ptr = tl.load(table_ptr + 3 * n_tensors + t).to(tl.pointer_type(tl.float32))
+    numel = tl.load(table_ptr + 4 * n_tensors + t)
+    mask_off = tl.load(table_ptr + 5 * n_tensors + t)
+    bc1 = tl.load(bc_ptr + t)
+    bc2_sqrt = tl.load(bc_ptr + n_tensors + t)
+    total = tl.zeros((BLOCK,), dtype=tl.float32)
+    kept = tl.zeros((BLOCK,), dtype=tl.float32)
+    count = tl.zeros((BLOCK,), dtype=tl.int32)
+    for i in range(0, CHUNK, BLOCK):
+        offs = start + i + tl.arange(0, BLOCK)
+        inb = offs < numel
+        g = tl.load(g_ptr + offs, mask=inb, other=0.0).to(tl.float32)
+        if MAXIMIZE:
+            g = -g
+        m = tl.load(m_ptr + offs, mask=inb, other=0.0)
+        v = tl.load(v_ptr + offs, mask=inb, other=0.0)
+        phi = g * m > 0  # MASK_ASYNC: the momentum before this step's update
+        m = m + (1 - beta1) * (g - m)  # torch.lerp for weights < 0.5
+        v = v * beta2 + (1 - beta2) * (g * g)
+        tl.store(m_ptr + offs, m, mask=inb)
+        tl.store(v_ptr + offs, v, mask=inb)
+        u = m / (tl.sqrt(v) / bc2_sqrt + eps) / bc1
+        if MASK_MODE == 0:
+            lr = tl.load(lr_ptr)
+            p = tl.load(p_ptr + offs, mask=inb, other=0.0).to(tl.float32)
+            p = p * (1 - lr * weight_decay) - lr * u
+            if P_DTYPE == tl.bfloat16:
+                # Round to nearest even by hand: the interpreter truncates fp32 -> bf16.
+                bits = p.to(tl.uint32, bitcast=True)
+                bits = bits + 0x7FFF + ((bits >> 16) & 1)
+                p_out = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+                p_out = tl.where(p != p, p.to(tl.bfloat16), p_out)
+            else:
+                p_out = p.to(P_DTYPE)
+            tl.store(p_ptr + offs, p_out, mask=inb)
+        else:
+            if MASK_MODE == 2:
+                phi = g * m > 0
+            phi = phi & inb
+            tl.store(mask_ptr + mask_off + offs, phi.to(tl.uint8), mask=inb)
+            u_sq = tl.where(inb, u * u, 0.0)
+            total += u_sq
+            kept += tl.where(phi, u_sq, 0.0)
+            count += phi.to(tl.int32)
+    if MASK_MODE != 0:
+        tl.atomic_add(sums_ptr + t, tl.sum(total, axis=0))
+        tl.atomic_add(sums_ptr + n_tensors + t, tl.sum(kept, axis=0))
+        tl.atomic_add(nnz_ptr + t, tl.sum(count, axis=0))
+
+
+def _apply_kernel(
+    table_ptr,
+    n_tensors,
+    chunk_tensor_ptr,
+    chunk_start_ptr,
+    bc_ptr,
+    coef_ptr,  # fp32 [n]: d/(nnz+1) * alpha
+    mask_ptr,
+    lr_ptr,
+    eps,
+    weight_decay,
+    P_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    CHUNK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    t = tl.load(chunk_tensor_ptr + pid)
+    start = tl.load(chunk_start_ptr + pid)
+    p_ptr = tl.load(table_ptr + t).to(tl.pointer_type(P_DTYPE))
+    m_ptr = tl.load(table_ptr + 2 * n_tensors + t).to(tl.pointer_type(tl.float32))
+    v_ptr = tl.load(table_ptr + 3 * n_tensors + t).to(tl.pointer_type(tl.float32))
+    numel = tl.load(table_ptr + 4 * n_tensors + t)
+    mask_off = tl.load(table_ptr + 5 * n_tensors + t)
+    bc1 = tl.load(bc_ptr + t)
+    bc2_sqrt = tl.load(bc_ptr + n_tensors + t)
+    lr = tl.load(lr_ptr)
+    step_size = lr * tl.load(coef_ptr + t)
+    decay = 1 - lr * weight_decay
+    for i in range(0, CHUNK, BLOCK):
+        offs = start + i + tl.arange(0, BLOCK)
+        inb = offs < numel
+        p = tl.load(p_ptr + offs, mask=inb, other=0.0).to(tl.float32)
+        m = tl.load(m_ptr + offs, mask=inb, other=0.0)
+        v = tl.load(v_ptr + offs, mask=inb, other=1.0)
+        phi = tl.load(mask_ptr + mask_off + offs, mask=inb, other=0) != 0
+        u = m / (tl.sqrt(v) / bc2_sqrt + eps) / bc1
+        p = p * decay - step_size * tl.where(phi, u, 0.0)
+        if P_DTYPE == tl.bfloat16:
+            # Round to nearest even by hand: the interpreter truncates fp32 -> bf16.
+            bits = p.to(tl.uint32, bitcast=True)
+            bits = bits + 0x7FFF + ((bits >> 16) & 1)
+            p_out = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+            p_out = tl.where(p != p, p.to(tl.bfloat16), p_out)
+        else:
+            p_out = p.to(P_DTYPE)
+        tl.store(p_ptr + offs, p_out, mask=inb)
+
+
+_kernels: dict[tuple[str, bool], object] = {}
+
+
+def _kernel(name: str, interpret: bool):
+    key = (name, interpret)
+    if key not in _kernels:
+        fn = {"moments": _moments_kernel, "apply": _apply_kernel}[name]
+        if interpret:
+            from triton.runtime.interpreter import InterpretedFunction
+
+            # tl.sum and friends are themselves @triton.jit functions, made interpretable
+            # only when TRITON_INTERPRET=1 was set as triton was first imported.
+            if not isinstance(tl.standard._sum_combine, InterpretedFunction):
+                raise RuntimeError(
+                    "fused='triton' on CPU tensors runs the Triton interpreter, which needs "
+                    "TRITON_INTERPRET=1 in the environment before triton is first imported "
+                    "(it is for testing; use fused='compile' for a fast CPU step)"
+                )
+            _kernels[key] = InterpretedFunction(fn)
+        else:
+            _kernels[key] = triton.jit(fn)
+    return _kernels[key]
+
+
+def _tl_dtype(dtype: torch.dtype):
+    return {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[
+        dtype
+    ]
+
+
+_chunk_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _chunks(numels: tuple[int, ...], chunk: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    key = (numels, chunk, device)
+    if key not in _chunk_cache:
+        tensor_idx: list[int] = []
+        starts: list[int] = []
+        for i, n in enumerate(numels):
+            for s in range(0, n, chunk):
+                tensor_idx.append(i)
+                starts.append(s)
+        if len(_chunk_cache) > 16:
+            _chunk_cache.clear()
+        _chunk_cache[key] = (
+            torch.tensor(tensor_idx, dtype=torch.int32).to(device),
+            torch.tensor(starts, dtype=torch.int64).to(device),
+        )
+    return _chunk_cache[key]
+
+
+def triton_alphaadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    stats: list[tuple[Tensor | None, Tensor | None]],
+    *,
+    cfg: MaskConfig,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    bias_correction: bool,
+    maximize: bool,
+    numels: list[int] | None = None,
+    reduce_sums: ReduceSums | None = None,
+) -> None:
+    """Same signature and results as ``alphaadam._single_tensor_alphaadam``."""
+    if numels is None:
+        numels = [p.numel() for p in params]
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, p in enumerate(params):
+        if exp_avgs[i].dtype != torch.float32:
+            raise ValueError(
+                f"fused='triton' keeps float32 moments; got a {p.dtype} parameter with "
+                f"{exp_avgs[i].dtype} state (use fused='compile' or fused=False)"
+            )
+        for name, t in (("param", p), ("grad", grads[i]), ("exp_avg", exp_avgs[i])):
+            if not t.is_contiguous():
+                raise ValueError(
+                    f"fused='triton' needs contiguous tensors; got a non-contiguous {name} of "
+                    f"shape {tuple(t.shape)} (use fused='compile' or fused=False)"
+                )
+        if grads[i].dtype != p.dtype:
+            raise ValueError(
+                f"fused='triton' needs gradients in the parameter dtype; got {grads[i].dtype} "
+                f"for a {p.dtype} parameter"
+            )
+        groups.setdefault((p.device, p.dtype), []).append(i)
+    lr_by_device: dict[torch.device, Tensor] = {}
+    # Bucket order is the same on every rank, so the collectives below line up.
+    for (device, p_dtype), idx in groups.items():
+        if device not in lr_by_device:
+            lr_by_device[device] = lr_tensor(lr, device)
+        _step_group(
+            [params[i] for i in idx],
+            [grads[i] for i in idx],
+            [exp_avgs[i] for i in idx],
+            [exp_avg_sqs[i] for i in idx],
+            [steps[i] for i in idx],
+            [stats[i] for i in idx],
+            [numels[i] for i in idx],
+            lr_by_device[device],
+            p_dtype,
+            cfg=cfg,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            weight_decay=weight_decay,
+            bias_correction=bias_correction,
+            maximize=maximize,
+            reduce_sums=reduce_sums,
+        )
+
+
+def _step_group(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    steps,
+    stats,
+    numels,
+    lr: Tensor,
+    p_dtype: torch.dtype,
+    *,
+    cfg: MaskConfig,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    bias_correction: bool,
+    maximize: bool,
+    reduce_sums: ReduceSums | None,
+) -> None:
+    device = params[0].device
+    interpret = device.type != "cuda"
+    block, chunk = (INTERPRET_BLOCK, INTERPRET_CHUNK) if interpret else (BLOCK, CHUNK)
+    n = len(params)
+    local_numels = [p.numel() for p in params]
+
+    torch._foreach_add_(steps, 1.0)
+    if bias_correction:
+        bc1, bc2_sqrt = bias_corrections(torch.stack(steps), beta1, beta2)
+        bc = torch.stack([bc1, bc2_sqrt])
+    else:
+        bc = torch.ones(2, n, dtype=torch.float32, device=device)
+
+    mask_offsets = [0] * n
+    total = 0
+    for i, k in enumerate(local_numels):
+        mask_offsets[i] = total
+        total += k
+    table = torch.tensor(
+        [
+            [p.data_ptr() for p in params],
+            [g.data_ptr() for g in grads],
+            [m.data_ptr() for m in exp_avgs],
+            [v.data_ptr() for v in exp_avg_sqs],
+            local_numels,
+            mask_offsets,
+        ],
+        dtype=torch.int64,
+    ).to(device, non_blocking=True)
+    chunk_tensor, chunk_start = _chunks(tuple(local_numels), chunk, device)
+    n_chunks = chunk_tensor.numel()
+
+    mask_code = _MASK_CODES[cfg.mask]
+    sums = torch.zeros(2, n, dtype=torch.float32, device=device)
+    nnz = torch.zeros(n, dtype=torch.int32, device=device)
+    mask = torch.empty(total if mask_code else 0, dtype=torch.uint8, device=device)
+    tl_dtype = _tl_dtype(p_dtype)
+    if n_chunks:
+        _kernel("moments", interpret)[(n_chunks,)](
+            table, n, chunk_tensor, chunk_start, bc, sums, nnz, mask, lr,
+            beta1, beta2, eps, weight_decay,
+            P_DTYPE=tl_dtype, MASK_MODE=mask_code, MAXIMIZE=maximize, BLOCK=block, CHUNK=chunk,
+        )  # fmt: skip
+    if not mask_code:
+        return
+
+    counts = nnz.to(torch.float32)
+    if reduce_sums is not None:
+        reduced = reduce_sums(torch.cat([sums.double(), counts.double()[None]]))
+        sums, counts = reduced[:2].float(), reduced[2].float()
+    numel_t = torch.tensor(numels, dtype=torch.float32).to(device, non_blocking=True)
+    coef, alpha, density = coefficients(sums[0], sums[1], counts, numel_t, cfg)
+    torch._foreach_copy_([s[0] for s in stats], list(alpha.unbind(0)))
+    torch._foreach_copy_([s[1] for s in stats], list(density.unbind(0)))
+    if n_chunks:
+        _kernel("apply", interpret)[(n_chunks,)](
+            table, n, chunk_tensor, chunk_start, bc, coef.contiguous(), mask, lr,
+            eps, weight_decay,
+            P_DTYPE=tl_dtype, BLOCK=block, CHUNK=chunk,
+        )  # fmt: skip
