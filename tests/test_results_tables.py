@@ -379,3 +379,21 @@ def test_bad_status_value_is_named(tmp_path: Path):
     problem = load_runs(tmp_path).malformed[0]
     assert problem.file == "summary.json"
     assert "status='done'" in problem.message and "completed" in problem.message
+
+
+def test_null_best_and_null_loss_are_valid_but_a_missing_loss_is_not(tmp_path: Path):
+    # run_dir.md: best is null without evaluation; non-finite values are written as null.
+    ok = write_run(tmp_path, "ok", train_losses=[5.0, 4.0])
+    summary = json.loads((ok / "summary.json").read_text())
+    summary["best"] = None
+    (ok / "summary.json").write_text(json.dumps(summary))
+    with open(ok / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"kind": "train", "step": 30, "loss": None}) + "\n")
+    bad = write_run(tmp_path, "bad", seed=2)
+    with open(bad / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"kind": "train", "step": 30, "lr": 1.0}) + "\n")
+    runs = load_runs(tmp_path)
+    assert [r.path.name for r in runs.runs] == ["ok"]
+    assert runs.runs[0].summary["best"] == {}
+    (problem,) = runs.malformed
+    assert problem.file == "metrics.jsonl" and "loss='missing'" in problem.message

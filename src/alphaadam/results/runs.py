@@ -39,7 +39,7 @@ _REQUIRED_SUMMARY: dict[str, tuple[type, ...]] = {
     "max_steps": (int,),
     "steps": (int,),
     "final": (dict,),
-    "best": (dict,),
+    "best": (dict, type(None)),  # null when the run had no evaluation
     "primary_metric": (str,),
     "primary_mode": (str,),
 }
@@ -193,6 +193,8 @@ def _validate_summary(summary: dict[str, Any]) -> None:
         raise RunDirError(SUMMARY, f"primary_mode={summary['primary_mode']!r}; valid: min, max")
     if not (summary["lr"] > 0 and math.isfinite(summary["lr"])):
         raise RunDirError(SUMMARY, f"lr={summary['lr']!r} must be a positive finite number")
+    if summary["best"] is None:
+        summary["best"] = {}
     for section in ("final", "best"):
         for key, value in summary[section].items():
             if value is not None and not _is_number(value):
@@ -226,12 +228,11 @@ def _read_metrics(run_dir: Path) -> pd.DataFrame:
         step = rec.get("step")
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise RunDirError(METRICS, f"record {lineno}: step={step!r} is not a step number")
-        needed = ("loss",) if kind == "train" else ("fraction",)
-        for key in needed:
-            if not _is_number(rec.get(key)):
-                raise RunDirError(
-                    METRICS, f"record {lineno} ({kind}): {key}={rec.get(key)!r} is not a number"
-                )
+        # The trainer writes a non-finite loss as null; a missing or non-numeric one is an error.
+        key = "loss" if kind == "train" else "fraction"
+        value = rec.get(key, "missing")
+        if not (_is_number(value) or (key == "loss" and value is None)):
+            raise RunDirError(METRICS, f"record {lineno} ({kind}): {key}={value!r} is not a number")
     frame = pd.DataFrame(records, columns=None if records else ["kind", "step"])
     # A resumed run re-logs the steps between its last checkpoint and the interruption;
     # the later record is the one on the resumed (surviving) trajectory.
