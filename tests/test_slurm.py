@@ -134,10 +134,13 @@ def _job_id(name: str) -> str | None:
     return out[0] if out and out[1] == "RUNNING" else None
 
 
-def test_requeue_resumes_in_the_same_run_dir_with_the_same_final_loss(slurm, tmp_path: Path):
-    steps = ["trainer.max_steps=400", "trainer.checkpoint_every=50", "trainer.log_every=10"]
-    # The uninterrupted reference: the same config, run directly.
-    ref_dir = tmp_path / "reference"
+REQUEUE_STEPS = ["trainer.max_steps=400", "trainer.checkpoint_every=50", "trainer.log_every=10"]
+
+
+@pytest.fixture(scope="module")
+def reference_loss(slurm, tmp_path_factory) -> float:
+    """Final train loss of the uninterrupted run (same config, run directly)."""
+    ref_dir = tmp_path_factory.mktemp("reference") / "run"
     subprocess.run(
         [
             sys.executable,
@@ -145,44 +148,30 @@ def test_requeue_resumes_in_the_same_run_dir_with_the_same_final_loss(slurm, tmp
             "optimizer=alphaadam",
             f"trainer.run_dir={ref_dir}",
             "trainer.progress_bar=false",
-            *steps,
+            *REQUEUE_STEPS,
         ],
         cwd=REPO,
         env=_env(),
         check=True,
         capture_output=True,
     )
-    reference = _summary(ref_dir)["final"]["train_loss"]
+    return _summary(ref_dir)["final"]["train_loss"]
 
-    name = f"aa-requeue-{uuid.uuid4().hex[:8]}"
-    sweep_dir = tmp_path / "sweep"
-    run_dir = sweep_dir / "0_alphaadam"
-    proc = _launch(sweep_dir, name, "optimizer=alphaadam", *steps)
-    try:
-        # Interrupt after the step-100 checkpoint, mid-way between checkpoints, so the
-        # resumed job must redo steps 101..N from the checkpoint.
-        deadline = time.monotonic() + 240
-        job = None
-        while time.monotonic() < deadline:
-            job = _job_id(name)
-            if job and _latest_train_step(run_dir) >= 120:
-                break
-            time.sleep(0.2)
-        assert job, "the job never reached step 120"
-        interrupted_at = _latest_train_step(run_dir)
-        assert interrupted_at < 400, "the job finished before it could be interrupted"
-        # What SLURM sends before preemption / time-out (submitit's --signal=USR2@delay).
-        subprocess.run(["scancel", "--signal=USR2", job], check=True)
-        _wait(proc, sweep_dir, timeout=300)
-    finally:
-        _cancel(name)
 
-    assert _run_dirs(sweep_dir) == [run_dir], "the requeued job must not start a new run dir"
+def _wait_for_step(name: str, run_dir: Path, step: int) -> str:
+    """Job id of ``name`` once it is running and has logged ``step`` (past a checkpoint)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        job = _job_id(name)
+        if job and _latest_train_step(run_dir) >= step:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {name} never reached step {step}")
+
+
+def _assert_resumed_exactly(run_dir: Path, reference: float, interrupted_at: int) -> None:
     summary = _summary(run_dir)
     assert summary["status"] == "completed" and summary["steps"] == 400
-    logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").rglob("*_log.*"))
-    assert "Requeued job" in logs or "requeue" in logs.lower(), logs[-3000:]
-    assert f"Resuming run in {run_dir}" in logs, logs[-3000:]
     # No lost or repeated steps: every logged step exactly once, in order.
     train_steps = [
         json.loads(x)["step"]
@@ -194,3 +183,80 @@ def test_requeue_resumes_in_the_same_run_dir_with_the_same_final_loss(slurm, tmp
     assert summary["final"]["train_loss"] == pytest.approx(reference, abs=1e-6), (
         f"interrupted at step {interrupted_at}: {summary['final']['train_loss']} vs {reference}"
     )
+
+
+def test_requeue_resumes_in_the_same_run_dir_with_the_same_final_loss(
+    slurm, reference_loss: float, tmp_path: Path
+):
+    name = f"aa-requeue-{uuid.uuid4().hex[:8]}"
+    sweep_dir = tmp_path / "sweep"
+    run_dir = sweep_dir / "0_alphaadam"
+    proc = _launch(sweep_dir, name, "optimizer=alphaadam", *REQUEUE_STEPS)
+    try:
+        # Interrupt after the step-100 checkpoint, mid-way between checkpoints, so the
+        # resumed job must redo steps 101..N from the checkpoint.
+        job = _wait_for_step(name, run_dir, 120)
+        interrupted_at = _latest_train_step(run_dir)
+        assert interrupted_at < 400, "the job finished before it could be interrupted"
+        # What SLURM sends before preemption / time-out (submitit's --signal=USR2@delay).
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        _wait(proc, sweep_dir, timeout=300)
+    finally:
+        _cancel(name)
+
+    assert _run_dirs(sweep_dir) == [run_dir], "the requeued job must not start a new run dir"
+    logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").rglob("*_log.*"))
+    assert "Requeued job" in logs, logs[-3000:]
+    assert f"Resuming run in {run_dir}" in logs, logs[-3000:]
+    _assert_resumed_exactly(run_dir, reference_loss, interrupted_at)
+
+
+def test_sbatch_template_requeues_on_usr1_and_resumes(slurm, reference_loss: float, tmp_path):
+    name = f"aa-sbatch-{uuid.uuid4().hex[:8]}"
+    run_dir = tmp_path / "run"
+    log = tmp_path / "job.out"
+    env = _env() | {"NPROC": "1", "RUN_DIR": str(run_dir)}
+    job = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            f"--job-name={name}",
+            "--gpus-per-node=0",
+            "--cpus-per-task=1",
+            "--mem=2G",
+            f"--output={log}",
+            str(REPO / "slurm" / "train_single_node.sbatch"),
+            "optimizer=alphaadam",
+            "trainer.device=cpu",
+            "trainer.progress_bar=false",
+            *REQUEUE_STEPS,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        _wait_for_step(name, run_dir, 120)
+        interrupted_at = _latest_train_step(run_dir)
+        assert interrupted_at < 400, "the job finished before it could be interrupted"
+        # What `#SBATCH --signal=B:USR1@180` delivers to the batch script before the limit.
+        subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and _summary_status(run_dir) != "completed":
+            time.sleep(1)
+    finally:
+        _cancel(name)
+    out = log.read_text()
+    assert "USR1: stopping the run, requeueing" in out and "restart 1" in out, out[-3000:]
+    assert f"Resuming run in {run_dir}" in out, out[-3000:]
+    assert out.count("Run directory:") == 1, "the interrupted instance must not finish too"
+    _assert_resumed_exactly(run_dir, reference_loss, interrupted_at)
+
+
+def _summary_status(run_dir: Path) -> str | None:
+    try:
+        return _summary(run_dir)["status"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
