@@ -66,7 +66,9 @@ class Task(abc.ABC):
     def build_model(self) -> nn.Module: ...
 
     @abc.abstractmethod
-    def train_stream(self, micro_batch_size: int, seed: int, rank: int, world_size: int) -> BatchStream:
+    def train_stream(
+        self, micro_batch_size: int, seed: int, rank: int, world_size: int
+    ) -> BatchStream:
         """This process's share of the training data, as micro-batches."""
 
     def steps_per_epoch(self, global_batch_size: int) -> int | None:
