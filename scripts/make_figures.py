@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="step of the per-tensor alpha panel (default: the middle recorded step)",
     )
+    parser.add_argument(
+        "--alpha-optimizer", default="alphaadam", help="optimizer whose alpha Figures 4/5 show"
+    )
     args = parser.parse_args(argv)
 
     runs = load_runs(args.root)
@@ -45,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         alpha_experiment_fig4=args.fig4_experiment,
         alpha_experiment_fig5=args.fig5_experiment,
         alpha_step_value=args.alpha_step,
+        alpha_optimizer=args.alpha_optimizer,
     )
     for reason in report.skipped:
         print(f"skipped {reason}")

@@ -13,6 +13,7 @@ step by step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from .runs import Run, RunSet  # noqa: E402
 
@@ -75,6 +77,18 @@ def _save(fig, out_dir: Path, name: str, report: FigureReport) -> None:
     plt.close(fig)
 
 
+def _minor_log_label(value: float, _pos) -> str:
+    """Label the 2, 3, 4 and 6 ticks of each decade; the rest would crowd the axis."""
+    if value <= 0:
+        return ""
+    mantissa = value / 10 ** math.floor(math.log10(value))
+    return (
+        f"{value:g}"
+        if round(mantissa) in (2, 3, 4, 6) and abs(mantissa - round(mantissa)) < 1e-6
+        else ""
+    )
+
+
 def _loss_panel(ax, runs: list[Run], title: str) -> None:
     for opt, chosen in best_lr_runs(runs).items():
         curve = mean_curve(chosen)
@@ -87,6 +101,9 @@ def _loss_panel(ax, runs: list[Run], title: str) -> None:
     ax.set_ylabel("training loss")
     # Losses fall by an order of magnitude early on; a log axis keeps the late gaps visible.
     ax.set_yscale("log")
+    # Plain numbers (0.6, 2, 4) instead of 6x10^-1 on the log axis.
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
+    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_log_label))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
 
@@ -117,9 +134,13 @@ def figure3(runs: RunSet, out_dir: Path, report: FigureReport) -> None:
     _save(fig, out_dir, "figure3_gsm8k_loss", report)
 
 
-def pick_alpha_run(runs: list[Run]) -> Run | None:
-    """The first (by path) run with mask statistics."""
-    with_stats = [r for r in runs if r.mask_stats is not None and not r.mask_stats.empty]
+def pick_alpha_run(runs: list[Run], optimizer: str = "alphaadam") -> Run | None:
+    """The first (by path) run of ``optimizer`` with mask statistics."""
+    with_stats = [
+        r
+        for r in runs
+        if r.optimizer == optimizer and r.mask_stats is not None and not r.mask_stats.empty
+    ]
     return sorted(with_stats, key=lambda r: str(r.path))[0] if with_stats else None
 
 
@@ -153,7 +174,8 @@ def figure_alpha(
     left.set_xlabel("tensor index (layer order)")
     left.set_ylabel("alpha")
     left.set_ylim(0.9, max(ALPHA_MAX, float(at["alpha"].max())) * 1.05)
-    left.legend(fontsize=8, loc="lower right")
+    # Below the axes: inside, it would hide the bars of the last tensors.
+    left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
 
     grouped = stats.groupby("step")["alpha"]
     q = grouped.quantile([0.05, 0.5, 0.95]).unstack()
@@ -181,6 +203,7 @@ def make_figures(
     alpha_experiment_fig4: str | None = None,
     alpha_experiment_fig5: str = "gpt2_small",
     alpha_step_value: int | None = None,
+    alpha_optimizer: str = "alphaadam",
 ) -> FigureReport:
     out_dir = Path(out_dir)
     report = FigureReport()
@@ -200,9 +223,11 @@ def make_figures(
             "Figure 5: alpha, GPT-2 pretraining",
         ),
     ):
-        run = pick_alpha_run(selection)
+        run = pick_alpha_run(selection, alpha_optimizer)
         if run is None:
-            report.skipped.append(f"{name}: no completed run with mask_stats.jsonl")
+            report.skipped.append(
+                f"{name}: no completed {alpha_optimizer} run with mask_stats.jsonl"
+            )
             continue
         figure_alpha(run, out_dir, report, name, title, alpha_step_value)
     return report
