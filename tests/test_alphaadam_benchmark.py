@@ -1,0 +1,60 @@
+"""The step benchmark runs end to end on a tiny scale and writes its JSON and Markdown."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "optimizer_step.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("optimizer_step", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["optimizer_step"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpt2_small_shapes_have_124m_parameters(bench):
+    shapes = bench.gpt2_small_shapes()
+    assert len(shapes) == 148  # 2 embeddings + 12 x 12 + final layer norm's 2
+    total = sum(math.prod(s) for s in shapes.values())
+    assert total == 124_439_808  # GPT-2 small (tied lm_head)
+    assert shapes["h.0.attn.c_attn.weight"] == (768, 2304)
+    assert shapes["h.11.mlp.c_proj.weight"] == (3072, 768)
+    assert len(bench.gpt2_small_shapes(0.01)) == 148
+
+
+def test_benchmark_writes_json_and_markdown(bench, tmp_path):
+    variants = ["torch_adamw_foreach", "torch_adamw_fused", "alphaadam_foreach", "adamw_single"]
+    bench.main(
+        ["--scale", "0.002", "--steps", "1", "--warmup", "1", "--repeats", "2"]
+        + ["--variants", *variants, "--out", str(tmp_path)]
+    )
+    report = json.loads((tmp_path / "optimizer_step_cpu_scale0.002.json").read_text())
+    assert [r["variant"] for r in report["results"]] == variants
+    for key in ("device", "torch", "cpu_count", "date", "command", "n_params"):
+        assert report[key]
+    rows = {r["variant"]: r for r in report["results"]}
+    assert rows["torch_adamw_foreach"]["x_torch_foreach"] == 1.0
+    assert rows["torch_adamw_fused"]["x_torch_fused"] == 1.0
+    assert all(r["n_timed_steps"] == 2 and r["median_ms"] > 0 for r in rows.values())
+    # Two fp32 moments per parameter (plus per-tensor scalars for the masked preset).
+    expected_state = 2 * 4 * report["n_params"] / 2**20
+    assert rows["torch_adamw_foreach"]["state_mib"] == pytest.approx(expected_state, rel=1e-3)
+    assert rows["alphaadam_foreach"]["state_mib"] == pytest.approx(expected_state, rel=1e-2)
+    # torch's foreach AdamW keeps one model-sized temporary (sqrt(v)) alive: >= 1 x params.
+    assert rows["torch_adamw_foreach"]["step_peak_mib"] >= 4 * report["n_params"] / 2**20 * 0.99
+    assert "| alphaadam_foreach |" in (tmp_path / "optimizer_step_cpu_scale0.002.md").read_text()
+
+
+def test_unknown_variant_is_rejected(bench, tmp_path):
+    with pytest.raises(SystemExit, match="nope.*valid choices"):
+        bench.main(["--scale", "0.001", "--variants", "nope", "--out", str(tmp_path)])
