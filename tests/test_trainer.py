@@ -6,7 +6,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -50,7 +49,9 @@ def test_warmup_cosine_matches_nanogpt_get_lr():
 
 # ------------------------------------------------------------------------ smoke default
 def test_python_train_py_is_a_fast_cpu_smoke_run_whose_loss_drops(tmp_path):
-    start = time.perf_counter()
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         [sys.executable, str(REPO / "train.py")],
         cwd=tmp_path,
@@ -59,9 +60,12 @@ def test_python_train_py_is_a_fast_cpu_smoke_run_whose_loss_drops(tmp_path):
         text=True,
         timeout=300,
     )
-    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert elapsed < 60, f"smoke run took {elapsed:.0f}s"
+    # CPU seconds, not wall time: the budget is "under a minute on a CPU", and a shared test
+    # machine's load must not make this flaky (unloaded it is ~10 s of wall time).
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu_s < 60, f"smoke run used {cpu_s:.0f} CPU seconds"
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("Run directory: ")][-1]
     run_dir = Path(line.removeprefix("Run directory: "))
     assert run_dir.is_dir() and run_dir.is_relative_to(tmp_path)
