@@ -119,6 +119,35 @@ def test_two_job_sweep_through_the_hydra_launcher(slurm, tmp_path: Path):
         assert summary["final"]["train_loss"] > 0
 
 
+def test_plain_multirun_jobs_get_fixed_resumable_run_dirs(slurm, tmp_path: Path):
+    """`python train.py -m ... hydra/launcher=slurm` without +sweep: the launcher fixes each
+    job's run dir (and resume=auto), so a requeue could never start a new time-stamped one."""
+    name = f"aa-plain-{uuid.uuid4().hex[:8]}"
+    sweep_dir = tmp_path / "sweep"
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.gpus_per_node=null",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.mem_gb=2",
+        f"hydra.launcher.name={name}",
+        f"hydra.sweep.dir={sweep_dir}",
+        "optimizer=adamw",
+        "trainer.max_steps=10",
+        "trainer.progress_bar=false",
+    ]
+    try:
+        subprocess.run(cmd, cwd=REPO, env=_env(), check=True, capture_output=True, timeout=300)
+    finally:
+        _cancel(name)
+    (run,) = _run_dirs(sweep_dir)
+    assert run.name == "0_adamw" and _summary(run)["status"] == "completed"
+    saved = (run / "config.yaml").read_text()
+    assert "resume: auto" in saved and f"run_dir: {run}" in saved
+
+
 def _latest_train_step(run_dir: Path) -> int:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():

@@ -3,7 +3,13 @@
 Hydra only instantiates launchers from the ``hydra_plugins`` namespace, hence this package.
 
 It is hydra-submitit-launcher's ``SlurmLauncher`` (job arrays, ``checkpoint()`` that
-resubmits the same job on preemption/time-out) with two additions that run inside each job:
+resubmits the same job on preemption/time-out) with three additions that run inside each job:
+
+* a fixed run directory per job. A ``-m`` sweep without ``+sweep=...`` leaves
+  ``trainer.run_dir`` unset, and the trainer would give a requeued job a new, time-stamped
+  directory. When the config does not set it, each job gets
+  ``trainer.run_dir=<sweep dir>/<job number>_<optimizer>`` and ``trainer.resume=auto``
+  (what ``configs/sweep/_base.yaml`` sets), so a requeue continues its own run.
 
 * a requeue that survives its own success. ``scontrol requeue`` makes SLURM cancel the job
   step, which sends SIGTERM to every process in it, the ``scontrol`` child included; when
@@ -42,6 +48,25 @@ def _requeue_tolerating_step_cancel(self, countdown: int) -> None:
     logger.get_logger().info(f"Requeued job {self.job_id} ({countdown} remaining timeouts)")
 
 
+RUN_DIR_OVERRIDES = [
+    "trainer.run_dir=${hydra:sweep.dir}/${hydra:job.num}_${optimizer.name}",
+    "trainer.resume=auto",
+]
+
+
+def _with_fixed_run_dir(config, sweep_overrides: list[str]) -> list[str]:
+    from omegaconf import OmegaConf
+
+    if OmegaConf.select(config, "trainer") is None:
+        return sweep_overrides  # not this project's trainer config
+    keys = {o.split("=", 1)[0].lstrip("+~") for o in sweep_overrides}
+    # Unresolved: the sweep configs' value interpolates ${hydra:...}, not set up yet here.
+    configured = OmegaConf.to_container(config.trainer, resolve=False).get("run_dir")
+    if "trainer.run_dir" in keys or configured is not None:
+        return sweep_overrides
+    return list(sweep_overrides) + RUN_DIR_OVERRIDES
+
+
 class SlurmLauncher(_SubmititSlurmLauncher):
     def __init__(self, **params: Any) -> None:
         if _IMPORT_ERROR is not None:
@@ -50,7 +75,7 @@ class SlurmLauncher(_SubmititSlurmLauncher):
             ) from _IMPORT_ERROR
         super().__init__(**params)
 
-    def __call__(self, *args: Any, **kwargs: Any):
+    def __call__(self, sweep_overrides: list[str], *args: Any, **kwargs: Any):
         import submitit
         from submitit.slurm.slurm import SlurmJobEnvironment
 
@@ -58,4 +83,5 @@ class SlurmLauncher(_SubmititSlurmLauncher):
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export()
-        return super().__call__(*args, **kwargs)
+        overrides = _with_fixed_run_dir(self.config, sweep_overrides)
+        return super().__call__(overrides, *args, **kwargs)
