@@ -104,6 +104,24 @@ for _preset in PRESETS:
         )
 
 
+def _fused_factory(preset: str, fused: str):
+    def factory(ps):
+        return alphaadam_preset(
+            preset, ps, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, fused=fused
+        )
+
+    return factory
+
+
+# Fused two-pass step (docs/fused.md). Triton variants run only on CUDA by default: on CPU
+# tensors Triton runs its (test-only, very slow) interpreter.
+for _preset in PRESETS:
+    for _fused in ("compile", "triton"):
+        variant(f"{_preset}_{_fused}", f"alphaadam_preset({_preset!r}, fused={_fused!r})")(
+            _fused_factory(_preset, _fused)
+        )
+
+
 def gpt2_small_shapes(scale: float = 1.0) -> dict[str, tuple[int, ...]]:
     """GPT-2 small's parameter shapes (HF naming, Conv1D weights are in x out)."""
     d, vocab, ctx, layers = 768, 50257, 1024, 12
@@ -132,13 +150,14 @@ def gpt2_small_shapes(scale: float = 1.0) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def make_parameters(shapes, device) -> list[Tensor]:
+def make_parameters(shapes, device, dtype=torch.float32) -> list[Tensor]:
     gen = torch.Generator(device=device).manual_seed(0)
     params = []
     for shape in shapes.values():
-        p = torch.randn(shape, generator=gen, device=device).mul_(0.02).requires_grad_()
+        p = torch.randn(shape, generator=gen, device=device).mul_(0.02).to(dtype)
+        p.requires_grad_()
         # Fixed gradients: every path's work is dense, so its cost does not depend on values.
-        p.grad = torch.randn(shape, generator=gen, device=device).mul_(1e-3)
+        p.grad = torch.randn(shape, generator=gen, device=device).mul_(1e-3).to(dtype)
         params.append(p)
     return params
 
@@ -184,12 +203,14 @@ def run(args) -> dict:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = args.variants or list(VARIANTS)
+    names = args.variants or [
+        n for n in VARIANTS if not n.endswith("_triton") or device.type == "cuda"
+    ]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; valid choices are {', '.join(VARIANTS)}")
     shapes = gpt2_small_shapes(args.scale)
-    params = make_parameters(shapes, device)
+    params = make_parameters(shapes, device, getattr(torch, args.dtype))
     n_params = sum(p.numel() for p in params)
     print(
         f"{len(params)} tensors, {n_params / 1e6:.1f}M parameters on {device}, "
@@ -247,6 +268,7 @@ def run(args) -> dict:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": describe_device(device),
         "torch": torch.__version__,
+        "triton": _triton_version(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -254,12 +276,21 @@ def run(args) -> dict:
         "n_tensors": len(params),
         "n_params": n_params,
         "scale": args.scale,
+        "param_dtype": args.dtype,
         "steps": args.steps,
         "warmup": args.warmup,
         "repeats": args.repeats,
         "hyperparameters": {"lr": LR, "betas": BETAS, "weight_decay": WEIGHT_DECAY},
         "results": rows,
     }
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
 
 
 def describe_device(device: torch.device) -> str:
@@ -271,9 +302,11 @@ def describe_device(device: torch.device) -> str:
 def markdown(report: dict) -> str:
     lines = [
         f"# Optimizer step: {report['n_params'] / 1e6:.1f}M parameters in {report['n_tensors']} "
-        f"tensors (GPT-2 small shapes, scale {report['scale']:g})",
+        f"tensors (GPT-2 small shapes, scale {report['scale']:g}, "
+        f"{report.get('param_dtype', 'float32')} params)",
         "",
-        f"{report['device']}, torch {report['torch']}, {report['torch_threads']} threads of "
+        f"{report['device']}, torch {report['torch']}, triton {report.get('triton')}, "
+        f"{report['torch_threads']} threads of "
         f"{report['cpu_count']} CPUs, {report['date']}; median of "
         f"{report['repeats']} x {report['steps']} timed steps after {report['warmup']} warm-up.",
         f"Load average at the end: {report['load_average_at_end']}.",
@@ -310,6 +343,10 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--variants", nargs="*", help=f"subset of: {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+        help="parameter and gradient dtype (AlphaAdam keeps fp32 state for half precision)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1 or args.repeats < 1 or args.scale <= 0:
@@ -318,6 +355,8 @@ def main(argv=None) -> None:
     report = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"optimizer_step_{torch.device(args.device).type}_scale{args.scale:g}"
+    if args.dtype != "float32":
+        stem += f"_{args.dtype}"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
     (args.out / f"{stem}.md").write_text(table)
