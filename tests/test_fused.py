@@ -60,14 +60,6 @@ def test_compile_option_combinations(options):
 
 
 @pytest.mark.slow
-def test_compile_steps_large_tensors_in_pieces(monkeypatch):
-    from alphaadam.optim import fused_compile
-
-    monkeypatch.setattr(fused_compile, "PIECE", 64)  # the 33x17 tensor: 9 pieces
-    lockstep("compile", torch.float32, PRESETS["alphaadam"])
-
-
-@pytest.mark.slow
 def test_compile_checkpoint_moves_between_paths():
     checkpoint_moves("compile")
 
