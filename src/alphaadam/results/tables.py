@@ -313,7 +313,12 @@ def build_table2(
         loss = run.summary["final"].get("train_loss")
         if acc is None:
             problems.append(
-                Problem(run.path, "summary.json", f"final.{accuracy_key} missing; run skipped")
+                Problem(
+                    run.path,
+                    "summary.json",
+                    f"final.{accuracy_key} missing (evaluate with `python -m "
+                    "alphaadam.eval.gsm8k_run RUN_DIR`); run skipped",
+                )
             )
             continue
         if not 0.0 <= acc <= 1.0:
