@@ -102,3 +102,16 @@ def test_alpha_step_must_be_recorded(runs_root: Path):
     assert alpha_step(run.mask_stats, None) == 10  # middle of [5, 10]
     with pytest.raises(ValueError, match="recorded steps"):
         alpha_step(run.mask_stats, 7)
+
+
+@pytest.mark.parametrize("losses, scale", [([8.0, 4.0, 1.0], "log"), ([6.0, 5.0, 4.2], "linear")])
+def test_loss_axis_is_log_only_over_a_wide_range(tmp_path: Path, losses, scale):
+    import matplotlib.pyplot as plt
+
+    from alphaadam.results.figures import _loss_panel
+
+    write_run(tmp_path, "r", train_losses=losses)
+    fig, ax = plt.subplots()
+    _loss_panel(ax, load_runs(tmp_path).runs, "t")
+    assert ax.get_yscale() == scale  # 8x spans a log axis' labels; 1.4x would leave none
+    plt.close(fig)

@@ -27,6 +27,7 @@ from matplotlib import ticker  # noqa: E402
 from .runs import Run, RunSet  # noqa: E402
 
 ALPHA_MAX = 2.0  # the paper's clip (Appendix F.4), drawn as a reference line
+LOG_SCALE_RATIO = 4.0  # loss max/min from which the y axis is logarithmic
 GPT2_SIZES = ("gpt2_small", "gpt2_medium", "gpt2_large")
 
 
@@ -71,7 +72,9 @@ def _save(fig, out_dir: Path, name: str, report: FigureReport) -> None:
     for ext in ("png", "pdf"):
         path = out_dir / f"{name}.{ext}"
         tmp = out_dir / f".{name}.tmp.{ext}"
-        fig.savefig(tmp, dpi=150, bbox_inches="tight", format=ext)
+        # No creation date: re-rendering the same runs gives byte-identical PDFs.
+        metadata = {"CreationDate": None} if ext == "pdf" else {}
+        fig.savefig(tmp, dpi=150, bbox_inches="tight", format=ext, metadata=metadata)
         tmp.replace(path)
         report.written.append(path)
     plt.close(fig)
@@ -90,20 +93,24 @@ def _minor_log_label(value: float, _pos) -> str:
 
 
 def _loss_panel(ax, runs: list[Run], title: str) -> None:
+    losses: list[float] = []
     for opt, chosen in best_lr_runs(runs).items():
         curve = mean_curve(chosen)
         label = f"{opt} (lr {chosen[0].lr:g}" + (
             f", {len(chosen)} seeds)" if len(chosen) > 1 else ")"
         )
         ax.plot(curve["step"], curve["loss"], label=label, linewidth=1.4)
+        losses.extend(curve["loss"].dropna().tolist())
     ax.set_title(title)
     ax.set_xlabel("training step")
     ax.set_ylabel("training loss")
-    # Losses fall by an order of magnitude early on; a log axis keeps the late gaps visible.
-    ax.set_yscale("log")
-    # Plain numbers (0.6, 2, 4) instead of 6x10^-1 on the log axis.
-    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
-    ax.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_log_label))
+    # Pretraining losses fall by an order of magnitude early on; a log axis keeps the late
+    # gaps visible. Over less than ~4x (a short fine-tune) a log axis only loses tick labels.
+    if losses and min(losses) > 0 and max(losses) / min(losses) >= LOG_SCALE_RATIO:
+        ax.set_yscale("log")
+        # Plain numbers (0.6, 2, 4) instead of 6x10^-1 on the log axis.
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
+        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_log_label))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
 
