@@ -48,7 +48,7 @@ def select_fused_impl(fused: bool | str | None, foreach: bool | None, params: li
 
     ``None`` chooses Triton only where it runs natively: CUDA parameters of a supported dtype
     with triton installed, and no explicit ``foreach``. It does not choose ``torch.compile``
-    on CPU: the compiled step is ~2x faster than foreach per step there, but its first step
+    on CPU: the compiled step is ~3x faster than foreach per step there, but its first step
     compiles for tens of seconds (docs/fused.md), which a user asking for nothing should not
     pay silently.
     """
