@@ -6,7 +6,7 @@ export OMP_NUM_THREADS ?= 1
 
 install:
 	$(PYTHON) -m pip install torch==2.13.0
-	$(PYTHON) -m pip install -e ".[dev]"
+	$(PYTHON) -m pip install -e ".[dev,eval,baselines,logging,slurm]"
 
 # The test command the README and CI use (slow-marked checks included).
 test:
