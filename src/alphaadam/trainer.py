@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -28,7 +28,13 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm.auto import tqdm
 
 from . import run_dir as rd
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    restore_optimizer,
+    save_checkpoint,
+    set_rng_state,
+)
 from .optim.registry import build_optimizer
 from .tasks.base import Task
 
@@ -136,10 +142,16 @@ def train(cfg: DictConfig) -> Path:
     task = build_task(cfg)
     task.setup(accelerator)
     model = task.build_model()
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
     if resume_from is not None:
-        ckpt = load_checkpoint(resume_from, rank)
+        # Under FSDP the full optimizer state is read by rank 0 alone and scattered as shards.
+        ckpt = load_checkpoint(resume_from, rank, optimizer=main or not fsdp)
         model.load_state_dict(ckpt["model"])
-    model.to(accelerator.device)
+    if not fsdp:
+        # Under FSDP, prepare's fully_shard moves one wrapped unit at a time to the device
+        # and keeps only its shard there; moving the whole model first would put a full copy
+        # on every device.
+        model.to(accelerator.device)
     opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
     optimizer = build_optimizer(opt_cfg.pop("name"), model, **opt_cfg)
 
@@ -188,7 +200,7 @@ def train(cfg: DictConfig) -> Path:
         "train_loss": None,
     }
     if resume_from is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        restore_optimizer(model, optimizer, ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         stream.load_state_dict(ckpt["data"])
         set_rng_state(ckpt["rng"])
