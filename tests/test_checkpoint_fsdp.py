@@ -1,16 +1,21 @@
 """FSDP2 checkpoints: save at step k, resume in fresh processes, continue exactly.
 
-accelerate's FSDP plugin needs GPUs (on a CPU accelerate runs MULTI_CPU, i.e. DDP), so this
-drives the checkpoint module the trainer uses directly: two gloo processes, a tiny GPT
-``fully_shard``-ed per block and at the root (a vocabulary of 37 rows splits 19 + 18),
-AlphaAdam from the registry (two parameter groups), the trainer's warm-up + cosine
+accelerate selects its FSDP plugin only on GPUs (on a CPU it runs MULTI_CPU, i.e. DDP), so
+the first test drives the checkpoint module the trainer uses directly: two gloo processes, a
+tiny GPT ``fully_shard``-ed per block and at the root (a vocabulary of 37 rows splits
+19 + 18), AlphaAdam from the registry (two parameter groups), the trainer's warm-up + cosine
 ``LambdaLR``, and a resumable batch position. The reference is the same run without
 interruption, read from the live shards (``full_tensor``), not from a checkpoint.
+
+The second runs the real trainer with accelerate's own FSDP2 ``prepare`` by switching the
+accelerator's distributed type to FSDP after it started its gloo process group on the CPU.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -198,3 +203,104 @@ def test_fsdp2_resume_in_fresh_processes_equals_the_uninterrupted_run(tmp_path):
         assert not torch.equal(expected["param"], at_save[name]["param"]), name
     densities = [v["mask_density"].item() for v in full["final"].values()]
     assert min(densities) < 1.0
+
+
+# ------------------------------------------------- the trainer, accelerate's FSDP2 prepare
+class _Preempted(Exception):
+    pass
+
+
+TRAINER_RUN = [
+    "optimizer=alphaadam",
+    "trainer.max_steps=6",
+    "trainer.checkpoint_every=3",
+    "trainer.eval_every=0",
+    "trainer.log_every=1",
+    "trainer.device=cpu",
+    "trainer.micro_batch_size=2",
+    "trainer.gradient_accumulation_steps=2",
+]
+
+
+def _trainer_worker(rank: int, port: int, output_root: str, phase: str) -> None:
+    os.environ.update(
+        OMP_NUM_THREADS="1",
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_WORLD_SIZE=str(WORLD),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    import accelerate
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    import alphaadam.trainer as trainer
+    from trainer_helpers import run_training
+
+    def fsdp_accelerator(**kwargs):
+        accelerator = accelerate.Accelerator(**kwargs)
+        accelerator.state.distributed_type = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(
+            fsdp_version=2,
+            auto_wrap_policy="transformer_based_wrap",
+            transformer_cls_names_to_wrap=["Block"],
+            reshard_after_forward=True,
+        )
+        return accelerator
+
+    trainer.Accelerator = fsdp_accelerator
+    if phase == "preempted":
+        save = trainer.save_checkpoint
+
+        def save_then_die(root, step, *args, **kwargs):
+            out = save(root, step, *args, **kwargs)
+            if step == 3:
+                raise _Preempted
+            return out
+
+        trainer.save_checkpoint = save_then_die
+    overrides = [*TRAINER_RUN, *(["trainer.resume=auto"] if phase == "resume" else [])]
+    try:
+        run_training(overrides, Path(output_root))
+    except _Preempted:
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn_trainer(output_root: Path, phase: str) -> None:
+    mp.spawn(_trainer_worker, args=(_free_port(), str(output_root), phase), nprocs=WORLD, join=True)
+
+
+def _train_records(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    keys = ("step", "loss", "grad_norm", "alpha_mean", "mask_density_mean", "tokens")
+    return [{k: r[k] for k in keys} for r in records if r["kind"] == "train"]
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch built without distributed")
+def test_trainer_under_accelerate_fsdp2_resumes_a_preempted_run_exactly(tmp_path):
+    _spawn_trainer(tmp_path / "a", "uninterrupted")
+    _spawn_trainer(tmp_path / "b", "preempted")
+    (reference,) = (tmp_path / "a" / "smoke" / "alphaadam").iterdir()
+    (run,) = (tmp_path / "b" / "smoke" / "alphaadam").iterdir()
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    assert os.readlink(run / "checkpoints" / "latest") == "step-00000003"
+    optimizer_file = torch.load(run / "checkpoints" / "latest" / "optimizer.pt", weights_only=False)
+    assert "transformer.wte.weight" in optimizer_file["state"]  # the sharded (full-state) path
+
+    _spawn_trainer(tmp_path / "b", "resume")
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    expected = _train_records(reference)
+    assert [r["step"] for r in expected] == list(range(1, 7))
+    assert _train_records(run) == expected  # exact floats
+    a = torch.load(reference / "checkpoints" / "latest" / "model.pt")
+    b = torch.load(run / "checkpoints" / "latest" / "model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
