@@ -414,7 +414,7 @@ def test_multirun_gives_each_job_its_own_run_directory(tmp_path):
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    runs = sorted(p for p in (tmp_path / "runs" / "smoke").glob("*/*") if p.is_dir())
+    runs = sorted(p for p in (tmp_path / "results" / "runs" / "smoke").glob("*/*") if p.is_dir())
     assert [p.parent.name for p in runs] == ["adamw", "alphaadam"]
     assert all(summary(p)["status"] == "completed" for p in runs)
 
