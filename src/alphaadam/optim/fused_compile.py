@@ -47,6 +47,8 @@ def _flat(t: Tensor) -> Tensor:
     """
     if not t.is_contiguous():
         return t
+    if t.dim() == 1 and not t._is_view() and not t.requires_grad:
+        return t  # already what the alias would be (and ~10 us per call cheaper)
     return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), (t.numel(),), (1,))
 
 
@@ -63,12 +65,21 @@ def _moments(g: Tensor, m: Tensor, v: Tensor, hyper: Tensor) -> None:
     v.mul_(hyper[1].to(m.dtype)).add_((1 - hyper[1]).to(m.dtype) * g * g)
 
 
+# Row layout of the per-tensor constants (see _step_constants), already in the state dtype.
+_ONE_MINUS_B1, _B2, _ONE_MINUS_B2, _INV_BC1, _INV_BC2_SQRT, _EPS = range(6)
+
+
+def _direction_c(m: Tensor, v: Tensor, c: Tensor) -> Tensor:
+    """:func:`_direction` from precomputed constants (the same values, rounded the same way)."""
+    return (m * c[_INV_BC1]) / (v.sqrt() * c[_INV_BC2_SQRT] + c[_EPS])
+
+
 def _moments_and_mask(
     grad: Tensor,
     m: Tensor,
     v: Tensor,
     mask_out: Tensor,
-    hyper: Tensor,
+    c: Tensor,
     mask_kind: str,
     maximize: bool,
 ) -> None:
@@ -77,7 +88,8 @@ def _moments_and_mask(
         g = -g
     if mask_kind == "async":
         phi = g * m > 0  # the momentum before this step's update (Algorithm 1)
-    _moments(g, m, v, hyper)
+    m.lerp_(g, c[_ONE_MINUS_B1])
+    v.mul_(c[_B2]).add_(c[_ONE_MINUS_B2] * g * g)
     if mask_kind == "sync":
         phi = g * m > 0
     # uint8 through a float select: Inductor's CPU code stores a bool (or a bool->int8 cast)
@@ -85,34 +97,47 @@ def _moments_and_mask(
     mask_out.copy_(torch.where(phi, 1.0, 0.0).to(torch.uint8))
 
 
-def _sums(m: Tensor, v: Tensor, bc: Tensor, mask: Tensor, hyper: Tensor) -> Tensor:
+def _sums(m: Tensor, v: Tensor, mask: Tensor, c: Tensor) -> Tensor:
     """``[||u||^2, ||phi u||^2, nnz]`` from the stored moments and mask."""
-    u = _direction(m, v, bc, hyper)
+    u = _direction_c(m, v, c)
     phi_f = mask.to(m.dtype)
     u_sq = u * u
     return torch.stack([u_sq.sum(), (u_sq * phi_f).sum(), phi_f.sum()])
 
 
-def _apply(
-    param: Tensor,
+def _coefficients(
+    sums: Tensor, numel: Tensor, lr: Tensor, hyper: Tensor, cfg: MaskConfig
+) -> Tensor:
+    """``[1 - lr * wd, lr * scale * alpha, alpha, density]`` from complete sums.
+
+    Scalar work done once per tensor: inside the element loop of the apply pass Inductor
+    recomputed it (float64 casts and divisions) for every vector of elements, which made
+    that pass ~1.5x slower.
+    """
+    coef, alpha, density = coefficients(sums[0], sums[1], sums[2], numel, cfg)
+    lr = lr.to(sums.dtype)
+    return torch.stack([1 - lr * hyper[3].to(sums.dtype), lr * coef, alpha, density])
+
+
+def _sums_and_coefficients(
     m: Tensor,
     v: Tensor,
-    bc: Tensor,
     mask: Tensor,
-    sums: Tensor,
+    c: Tensor,
     numel: Tensor,
     lr: Tensor,
     hyper: Tensor,
     cfg: MaskConfig,
 ) -> Tensor:
-    coef, alpha, density = coefficients(sums[0], sums[1], sums[2], numel, cfg)
-    u = _direction(m, v, bc, hyper)
-    lr = lr.to(m.dtype)
-    theta = param.to(m.dtype) * (1 - lr * hyper[3].to(m.dtype))
-    param.copy_(theta - (lr * coef) * (u * mask.to(m.dtype)))
-    # Returned, not copied into the state here: Inductor (torch 2.13, CPU) drops in-place
-    # writes to float64 0-d inputs. The caller copies all of them with one foreach call.
-    return torch.stack([alpha, density])
+    # One call: the scalar epilogue runs after the reduction loop, not per element.
+    return _coefficients(_sums(m, v, mask, c), numel, lr, hyper, cfg)
+
+
+def _apply(param: Tensor, m: Tensor, v: Tensor, mask: Tensor, c: Tensor, k: Tensor) -> None:
+    """``param <- param * (1 - lr wd) - lr scale alpha (phi u)``; ``k`` from :func:`_coefficients`."""
+    u = _direction_c(m, v, c)
+    theta = param.to(m.dtype) * k[0]
+    param.copy_(theta - k[1] * (u * mask.to(m.dtype)))
 
 
 def _adamw(
@@ -142,24 +167,30 @@ _compiled: dict[str, object] = {}
 def _compiled_fn(name: str):
     # Compiled lazily: importing the optimizer must not pay for torch.compile.
     if name not in _compiled:
-        fn = {"moments": _moments_and_mask, "sums": _sums, "apply": _apply, "adamw": _adamw}[name]
+        fn = {
+            "moments": _moments_and_mask,
+            "sums": _sums,
+            "sums_and_coefficients": _sums_and_coefficients,
+            "coefficients": _coefficients,
+            "apply": _apply,
+            "adamw": _adamw,
+        }[name]
         _compiled[name] = torch.compile(fn, dynamic=True, fullgraph=True)
     return _compiled[name]
 
 
-def _step_and_bias_corrections(
+def _increment_and_bias_corrections(
     steps: list[Tensor], beta1: float, beta2: float, bias_correction: bool
-) -> list[Tensor]:
-    """Increment every step; per tensor ``[1 - b1^t, sqrt(1 - b2^t)]`` in float64.
+) -> list[tuple[list[int], Tensor]]:
+    """Increment every step; per device, the tensor indices and ``[1 - b1^t, sqrt(1 - b2^t)]``.
 
     float64 as in the reference path (float32 ``0.999`` is off by 1.3e-8, which ``1 - b2^t``
-    amplifies to a 1e-5 relative error at t = 1). One small tensor per device, handed out
-    as non-view row aliases (see :func:`_flat`).
+    amplifies to a 1e-5 relative error at t = 1). One small table per device.
     """
-    rows: list[Tensor | None] = [None] * len(steps)
     by_device: dict[torch.device, list[int]] = {}
     for i, s in enumerate(steps):
         by_device.setdefault(s.device, []).append(i)
+    tables = []
     for device, idx in by_device.items():
         group = [steps[i] for i in idx]
         torch._foreach_add_(group, 1.0)
@@ -169,8 +200,53 @@ def _step_and_bias_corrections(
             table = torch.stack([1 - torch.pow(beta1, t), (1 - torch.pow(beta2, t)).sqrt()], 1)
         else:
             table = torch.ones(len(idx), 2, dtype=exact, device=device)
+        tables.append((idx, table))
+    return tables
+
+
+def _step_and_bias_corrections(
+    steps: list[Tensor], beta1: float, beta2: float, bias_correction: bool
+) -> list[Tensor]:
+    """Per tensor ``[1 - b1^t, sqrt(1 - b2^t)]``, as non-view row aliases (see :func:`_flat`)."""
+    rows: list[Tensor | None] = [None] * len(steps)
+    for idx, table in _increment_and_bias_corrections(steps, beta1, beta2, bias_correction):
         for i, row in zip(idx, table.contiguous().unbind(0)):
             rows[i] = _flat(row)
+    return rows  # type: ignore[return-value]
+
+
+def _step_constants(
+    steps: list[Tensor],
+    state_dtypes: list[torch.dtype],
+    beta1: float,
+    beta2: float,
+    eps: float,
+    bias_correction: bool,
+) -> list[Tensor]:
+    """Increment every step; per tensor the six constants of the element loops.
+
+    ``[1 - b1, b2, 1 - b2, 1 / (1 - b1^t), 1 / sqrt(1 - b2^t), eps]``, computed in float64
+    and rounded to the state dtype, exactly the values :func:`_moments` and
+    :func:`_direction` compute inside their loops. Computed here once per step for all
+    tensors: inside, Inductor recomputed these scalars (float64 loads, casts and divisions)
+    for every vector of elements, which cost more than the arithmetic on the elements.
+    """
+    rows: list[Tensor | None] = [None] * len(steps)
+    for idx, table in _increment_and_bias_corrections(steps, beta1, beta2, bias_correction):
+        hyper = torch.tensor([beta1, beta2, eps], dtype=table.dtype, device=table.device)
+        hyper = hyper.expand(len(idx), 3)
+        inv = 1 / table
+        full = torch.stack(
+            [1 - hyper[:, 0], hyper[:, 1], 1 - hyper[:, 1], inv[:, 0], inv[:, 1], hyper[:, 2]],
+            1,
+        )
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for j, i in enumerate(idx):
+            by_dtype.setdefault(state_dtypes[i], []).append(j)
+        for dtype, js in by_dtype.items():
+            rounded = full[js].to(dtype).contiguous()
+            for j, row in zip(js, rounded.unbind(0)):
+                rows[idx[j]] = _flat(row)
     return rows  # type: ignore[return-value]
 
 
@@ -206,8 +282,8 @@ def compiled_alphaadam(
             scalars[device] = (lr_tensor(lr, device), hyper.to(device))
         return scalars[device]
 
-    bcs = _step_and_bias_corrections(steps, beta1, beta2, bias_correction)
     if not cfg.active:
+        bcs = _step_and_bias_corrections(steps, beta1, beta2, bias_correction)
         adamw = _compiled_fn("adamw")
         for p, g, m, v, bc in zip(params, grads, exp_avgs, exp_avg_sqs, bcs):
             if p.numel() == 0:
@@ -216,46 +292,50 @@ def compiled_alphaadam(
             adamw(_flat(p), _flat(g), _flat(m), _flat(v), bc, lr_t, hyper, maximize=maximize)
         return
 
+    consts = _step_constants(steps, [m.dtype for m in exp_avgs], beta1, beta2, eps, bias_correction)
     moments_and_mask = _compiled_fn("moments")
-    partial_sums = _compiled_fn("sums")
     apply = _compiled_fn("apply")
     pending = []
-    stat_values: list[Tensor] = []
-    for p, g, m, v, bc, numel in zip(params, grads, exp_avgs, exp_avg_sqs, bcs, numels):
+    k_values: list[Tensor] = []
+    for p, g, m, v, c, numel in zip(params, grads, exp_avgs, exp_avg_sqs, consts, numels):
+        numel_t = torch.tensor(numel, dtype=m.dtype, device=p.device)
+        lr_t, hyper = scalars_on(p.device)
+        # 1-d (not view) aliases made once per tensor: each costs more than a small
+        # tensor's kernel, and a step of GPT-2 small makes hundreds of them.
+        mask = torch.empty(p.numel(), dtype=torch.uint8, device=p.device)
         if p.numel() == 0:
             # A zero-size (local shard of a) tensor: nothing to touch, its sums are zero.
-            mask = torch.empty(0, dtype=torch.uint8, device=p.device)
             sums = torch.zeros(3, dtype=m.dtype, device=p.device)
+            flat = None
         else:
-            mask = torch.empty(p.shape, dtype=torch.uint8, device=p.device)
-            hyper = scalars_on(p.device)[1]
-            mask_flat = _flat(mask)
+            flat = (_flat(p), _flat(m), _flat(v))
             moments_and_mask(
-                _flat(g), _flat(m), _flat(v), mask_flat, hyper,
-                mask_kind=cfg.mask, maximize=maximize,
-            )  # fmt: skip
-            sums = partial_sums(_flat(m), _flat(v), bc, mask_flat, hyper)
-        item = (p, m, v, bc, mask, sums, numel)
+                _flat(g), flat[1], flat[2], mask, c, mask_kind=cfg.mask, maximize=maximize
+            )
         if reduce_sums is None:
-            stat_values.append(_apply_one(apply, item, scalars_on, cfg))
+            if flat is None:
+                k = _coefficients(sums, numel_t, lr_t, hyper, cfg)
+            else:
+                k = _compiled_fn("sums_and_coefficients")(
+                    flat[1], flat[2], mask, c, numel_t, lr_t, hyper, cfg=cfg
+                )
+                apply(*flat, mask, c, k)
+            k_values.append(k)
         else:
-            pending.append(item)
+            if flat is not None:
+                sums = _compiled_fn("sums")(flat[1], flat[2], mask, c)
+            pending.append((flat, mask, c, sums, numel_t, lr_t, hyper))
     if pending:
         # One collective for the whole bucket: rows are tensors, columns the three sums.
-        reduced = reduce_sums(torch.stack([item[5].to(torch.float64) for item in pending]))
-        for item, row in zip(pending, reduced.unbind(0)):
-            item = item[:5] + (row.to(item[1].dtype),) + item[6:]
-            stat_values.append(_apply_one(apply, item, scalars_on, cfg))
+        reduced = reduce_sums(torch.stack([item[3].to(torch.float64) for item in pending]))
+        for (flat, mask, c, _, numel_t, lr_t, hyper), row in zip(pending, reduced.unbind(0)):
+            k = _compiled_fn("coefficients")(row.to(numel_t.dtype), numel_t, lr_t, hyper, cfg=cfg)
+            if flat is not None:
+                apply(*flat, mask, c, k)
+            k_values.append(k)
+    # k = [decay, step, alpha, density]; the state gets the last two. Copied here, not
+    # inside the compiled code: Inductor (torch 2.13, CPU) drops in-place writes to float64
+    # 0-d inputs.
     torch._foreach_copy_(
-        [t for pair in stats for t in pair], [t for pair in stat_values for t in pair.unbind(0)]
+        [t for pair in stats for t in pair], [t for k in k_values for t in k[2:].unbind(0)]
     )
-
-
-def _apply_one(apply, item, scalars_on, cfg: MaskConfig) -> Tensor:
-    p, m, v, bc, mask, sums, numel = item
-    numel_t = torch.tensor(numel, dtype=m.dtype, device=p.device)
-    if p.numel() == 0:
-        _, alpha, density = coefficients(sums[0], sums[1], sums[2], numel_t, cfg)
-        return torch.stack([alpha, density])
-    lr_t, hyper = scalars_on(p.device)
-    return apply(_flat(p), _flat(m), _flat(v), bc, _flat(mask), sums, numel_t, lr_t, hyper, cfg=cfg)
