@@ -119,57 +119,11 @@ def _coefficients(
     return torch.stack([1 - lr * hyper[3].to(sums.dtype), lr * coef, alpha, density])
 
 
-def _sums_and_coefficients(
-    m: Tensor,
-    v: Tensor,
-    mask: Tensor,
-    c: Tensor,
-    numel: Tensor,
-    lr: Tensor,
-    hyper: Tensor,
-    cfg: MaskConfig,
-) -> Tensor:
-    # One call: the scalar epilogue runs after the reduction loop, not per element.
-    return _coefficients(_sums(m, v, mask, c), numel, lr, hyper, cfg)
-
-
 def _apply(param: Tensor, m: Tensor, v: Tensor, mask: Tensor, c: Tensor, k: Tensor) -> None:
     """``param <- param * (1 - lr wd) - lr scale alpha (phi u)``; ``k`` from :func:`_coefficients`."""
     u = _direction_c(m, v, c)
     theta = param.to(m.dtype) * k[0]
     param.copy_(theta - k[1] * (u * mask.to(m.dtype)))
-
-
-def _whole_step(
-    param: Tensor,
-    grad: Tensor,
-    m: Tensor,
-    v: Tensor,
-    c: Tensor,
-    numel: Tensor,
-    lr: Tensor,
-    hyper: Tensor,
-    cfg: MaskConfig,
-    mask_kind: str,
-    maximize: bool,
-) -> Tensor:
-    """Both passes of a small tensor in one compiled call (no collective in between).
-
-    For a bias or norm weight the three calls' fixed cost (~30 us each) is far more than
-    their work; GPT-2 small has 98 such tensors of 148. The mask stays a temporary.
-    """
-    mask = torch.empty_like(m, dtype=torch.uint8)
-    _moments_and_mask(grad, m, v, mask, c, mask_kind, maximize)
-    k = _sums_and_coefficients(m, v, mask, c, numel, lr, hyper, cfg)
-    _apply(param, m, v, mask, c, k)
-    return k
-
-
-# Tensors up to this size take :func:`_whole_step` when no collective sits between the
-# passes. Above it, one graph costs more per element than the split passes (Inductor keeps
-# a copy of the momentum when one loop both updates it and reduces), which outweighs the
-# saved calls.
-WHOLE_STEP_MAX_NUMEL = 1 << 16
 
 
 def _adamw(
@@ -202,10 +156,8 @@ def _compiled_fn(name: str):
         fn = {
             "moments": _moments_and_mask,
             "sums": _sums,
-            "sums_and_coefficients": _sums_and_coefficients,
             "coefficients": _coefficients,
             "apply": _apply,
-            "whole_step": _whole_step,
             "adamw": _adamw,
         }[name]
         _compiled[name] = torch.compile(fn, dynamic=True, fullgraph=True)
@@ -344,23 +296,17 @@ def compiled_alphaadam(
         # 1-d (not view) aliases made once per tensor: each costs more than a small
         # tensor's kernel, and a step of GPT-2 small makes hundreds of them.
         flat = (_flat(p), _flat(m), _flat(v))
-        if reduce_sums is None and p.numel() <= WHOLE_STEP_MAX_NUMEL:
-            k = _compiled_fn("whole_step")(
-                flat[0], _flat(g), flat[1], flat[2], c, numel_t, lr_t, hyper,
-                cfg=cfg, mask_kind=cfg.mask, maximize=maximize,
-            )  # fmt: skip
-            k_values.append(k)
-            continue
         mask = torch.empty(p.numel(), dtype=torch.uint8, device=p.device)
         moments_and_mask(_flat(g), flat[1], flat[2], mask, c, mask_kind=cfg.mask, maximize=maximize)
+        sums = _compiled_fn("sums")(flat[1], flat[2], mask, c)
         if reduce_sums is None:
-            k = _compiled_fn("sums_and_coefficients")(
-                flat[1], flat[2], mask, c, numel_t, lr_t, hyper, cfg=cfg
-            )
+            # Coefficients in a call of their own: a graph holding both the option-dependent
+            # scalar code and a reduction is compiled per option set and per size class,
+            # which exceeded Dynamo's recompile limit (8) with four presets in one process.
+            k = _compiled_fn("coefficients")(sums, numel_t, lr_t, hyper, cfg=cfg)
             apply(*flat, mask, c, k)
             k_values.append(k)
         else:
-            sums = _compiled_fn("sums")(flat[1], flat[2], mask, c)
             pending.append((flat, mask, c, sums, numel_t, lr_t, hyper))
     if pending:
         # One collective for the whole bucket: rows are tensors, columns the three sums.
