@@ -1,6 +1,6 @@
 """The fused AlphaAdam step for CPU (any device, really) through ``torch.compile``.
 
-Three compiled functions per tensor, with dynamic shapes so that one compilation serves
+Four compiled calls per tensor, with dynamic shapes so that one compilation serves
 every parameter (tensors are passed as 1-d aliases, so rank never changes):
 
 * ``_moments_and_mask``: updates ``exp_avg`` and ``exp_avg_sq`` in place and writes the
@@ -10,10 +10,11 @@ every parameter (tensors are passed as 1-d aliases, so rank never changes):
   makes Inductor (torch 2.13, CPU) materialise an fp32 copy of the new momentum and add a copy
   loop, which was slower (20.1 vs 17.6 ms at 8M elements) and cost 4 bytes per element of the
   largest tensor in memory.
-* ``_apply``: turns complete sums into ``scale * alpha`` (same formulas as
-  ``fused.coefficients``), recomputes ``u`` from the stored moments (cheaper than storing it:
-  a stored fp32 ``u`` would cost 8 bytes of traffic per element, recomputing reads nothing new)
-  and writes the parameter; returns alpha and the mask density.
+* ``_coefficients``: turns complete sums into ``[1 - lr wd, lr scale alpha, alpha, density]``
+  (same formulas as ``fused.coefficients``); scalar code, once per tensor.
+* ``_apply``: recomputes ``u`` from the stored moments (cheaper than storing it: a stored
+  fp32 ``u`` would cost 8 bytes of traffic per element, recomputing reads nothing new) and
+  writes the parameter.
 
 Without sharding each tensor runs pass 1 then pass 2 at once, so only one tensor's mask is
 alive at a time. With sharded parameters all pass-1 sums are all-reduced in one collective
@@ -24,9 +25,11 @@ param groups with different weight decay) never recompiles. Compiled variants ar
 parameter dtype, per mask/alpha option set, and for one-element tensors (Dynamo specialises
 sizes 0 and 1), so a model normally needs two to four.
 
-Step counts and bias corrections are updated outside the compiled code, once per step for
-all tensors: inside, Inductor would recompute the two float64 ``pow`` calls in every
-iteration of the element loop (it does not hoist them), which made the step 2-3x slower.
+Step counts, bias corrections and the other loop constants are computed outside the
+compiled code, once per step for all tensors (:func:`_step_constants`), and the update
+coefficients once per tensor: inside a loop, Inductor recomputes such scalars for every
+vector of elements (it does not hoist them); the float64 ``pow`` calls made the step 2-3x
+slower, the rest cost the apply loop ~1.5x.
 """
 
 from __future__ import annotations
