@@ -102,7 +102,7 @@ def test_triton_kernels_match_reference_in_the_interpreter():
 @pytest.mark.parametrize(
     "kwargs,pattern",
     [
-        (dict(fused="cuda"), r"fused='cuda'.*None, False, True, 'triton', 'compile'"),
+        (dict(fused="cuda"), r"fused='cuda'.*None, False, True, 'triton', 'cpu', 'compile'"),
         (dict(fused=1.5), r"fused=1.5"),
         (dict(fused=True, foreach=True), r"exclusive"),
         (dict(fused="compile", foreach=True), r"exclusive"),
@@ -118,8 +118,10 @@ def test_auto_choice_on_cpu_is_the_reference_path():
     assert select_fused_impl(None, None, params) is None
     assert select_fused_impl(False, None, params) is None
     from alphaadam.optim.fused_compile import compiled_alphaadam
+    from alphaadam.optim.fused_cpu import cpu_alphaadam
 
-    assert select_fused_impl(True, None, params) is compiled_alphaadam
+    assert select_fused_impl(True, None, params) is cpu_alphaadam
+    assert select_fused_impl("cpu", None, params) is cpu_alphaadam
     assert select_fused_impl("compile", None, params) is compiled_alphaadam
 
 

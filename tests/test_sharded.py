@@ -28,6 +28,7 @@ IMPLS = {
     "single": {"foreach": False},
     "foreach": {"foreach": True},
     "compile": {"fused": "compile"},
+    "cpu": {"fused": "cpu"},
 }
 
 

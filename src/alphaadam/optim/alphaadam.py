@@ -105,9 +105,10 @@ class AlphaAdam(Optimizer):
         maximize: maximise the objective instead.
         foreach: use the multi-tensor path; ``None`` picks it for CUDA parameters.
         fused: the two-pass fused step (docs/fused.md): ``True`` picks Triton kernels for CUDA
-            parameters and a ``torch.compile``d step for CPU ones; ``"triton"`` or
-            ``"compile"`` force one. ``None`` uses Triton where it runs natively (CUDA with
-            triton installed, unless ``foreach`` is set), else the foreach/single paths.
+            parameters and a C++ step (built on first use) for CPU ones; ``"triton"``,
+            ``"cpu"`` or ``"compile"`` (``torch.compile``, any device) force one. ``None``
+            uses Triton where it runs natively (CUDA with triton installed, unless
+            ``foreach`` is set), else the foreach/single paths.
     """
 
     def __init__(

@@ -6,9 +6,10 @@ The fused step is two passes over every tensor (docs/fused.md):
    ``||u||^2``, ``||phi * u||^2``, ``||phi||_0``;
 2. after the sums are complete (and all-reduced over shards), the parameter update.
 
-Two back ends implement it: Triton kernels for CUDA (``fused_triton.py``, also runnable on CPU
-tensors through the Triton interpreter, which is how CI tests them) and a ``torch.compile``d
-per-tensor step for CPU (``fused_compile.py``). Both take the same arguments as the
+Three back ends implement it: Triton kernels for CUDA (``fused_triton.py``, also runnable on
+CPU tensors through the Triton interpreter, which is how CI tests them), a C++ kernel pair for
+CPU built on first use (``fused_cpu.py``, ``csrc/alphaadam_cpu.cpp``) and a ``torch.compile``d
+per-tensor step for any device (``fused_compile.py``). All take the same arguments as the
 reference single-tensor/foreach paths in ``alphaadam.py`` and keep the same state.
 """
 
@@ -23,14 +24,14 @@ from torch import Tensor
 
 from .masking import MaskConfig, alpha_from_sums
 
-FUSED_CHOICES = (None, False, True, "triton", "compile")
+FUSED_CHOICES = (None, False, True, "triton", "cpu", "compile")
 TRITON_PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def check_fused_choice(fused: object, foreach: object) -> None:
     if not any(fused is c or (isinstance(c, str) and fused == c) for c in FUSED_CHOICES):
         raise ValueError(
-            f"Invalid fused={fused!r}; valid choices are None, False, True, 'triton', 'compile'"
+            f"Invalid fused={fused!r}; valid choices are None, False, True, 'triton', 'cpu', 'compile'"
         )
     if fused and foreach:
         raise ValueError(
@@ -47,10 +48,10 @@ def select_fused_impl(fused: bool | str | None, foreach: bool | None, params: li
     """The fused implementation a param group uses, or ``None`` for the reference paths.
 
     ``None`` chooses Triton only where it runs natively: CUDA parameters of a supported dtype
-    with triton installed, and no explicit ``foreach``. It does not choose ``torch.compile``
-    on CPU: the compiled step is ~3x faster than foreach per step there, but its first step
-    compiles for tens of seconds (docs/fused.md), which a user asking for nothing should not
-    pay silently.
+    with triton installed, and no explicit ``foreach``. It does not choose a fused CPU step:
+    the C++ one is built on first use (~20 s, and it needs a compiler) and the compiled one
+    compiles for tens of seconds (docs/fused.md), which a user asking for nothing should
+    neither wait for nor see fail. ``True`` means Triton on CUDA and C++ on CPU.
     """
     if fused is None:
         if (
@@ -66,7 +67,7 @@ def select_fused_impl(fused: bool | str | None, foreach: bool | None, params: li
         return None
     kind = fused
     if fused is True:
-        kind = "triton" if all(p.is_cuda for p in params) else "compile"
+        kind = "triton" if all(p.is_cuda for p in params) else "cpu"
     if kind == "triton":
         if not triton_installed():
             raise RuntimeError(
@@ -82,6 +83,22 @@ def select_fused_impl(fused: bool | str | None, foreach: bool | None, params: li
         from .fused_triton import triton_alphaadam
 
         return triton_alphaadam
+    if kind == "cpu":
+        bad_devices = sorted({str(p.device) for p in params if p.device.type != "cpu"})
+        if bad_devices:
+            raise ValueError(
+                f"fused='cpu' runs on CPU tensors, got parameters on {bad_devices}; use "
+                "fused=True (Triton on CUDA) or fused='compile'"
+            )
+        from .fused_cpu import CPU_PARAM_DTYPES, cpu_alphaadam
+
+        bad = sorted({str(p.dtype) for p in params if p.dtype not in CPU_PARAM_DTYPES})
+        if bad:
+            raise ValueError(
+                f"fused='cpu' supports float32/float64/bfloat16/float16 parameters, got {bad}; "
+                "use fused=False for them"
+            )
+        return cpu_alphaadam
     from .fused_compile import compiled_alphaadam
 
     return compiled_alphaadam

@@ -1,0 +1,436 @@
+// The fused AlphaAdam step for CPU tensors: the two passes of docs/fused.md as plain loops
+// that the compiler vectorises (built on first use by alphaadam.optim.fused_cpu).
+//
+// Pass 1 reads g, m, v and writes m, v and a 1-byte agreement mask while it accumulates the
+// per-tensor sums ||u||^2, ||phi u||^2 and ||phi||_0; pass 2 recomputes u from the stored
+// moments and writes the parameter. Without sharding both passes of one tensor run back to
+// back (the tensor's mask is the only extra memory, and a small tensor is still in cache for
+// pass 2); with sharding, Python all-reduces the sums of every tensor between the passes.
+//
+// Sums are accumulated per fixed block of elements (float within 1024-element sub-blocks,
+// double across them) and the blocks are added in order, so the result does not depend on
+// the number of threads.
+
+// Only the headers used (not torch/extension.h): the first build takes ~20 s instead of ~45 s.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kBlock = 1 << 16;  // elements per parallel task and per partial sum
+constexpr int64_t kSub = 1024;       // float accumulators stay exact enough over this many
+
+enum MaskKind : int64_t { kMaskNone = 0, kMaskAsync = 1, kMaskSync = 2 };
+enum AlphaKind : int64_t { kAlphaNone = 0, kAlphaRatio = 1, kAlphaSqrtRatio = 2 };
+
+struct Hyper {
+  double lr, beta1, beta2, eps, weight_decay, alpha_max;
+  bool bias_correction, maximize, rescale;
+  int64_t mask, alpha;
+};
+
+// The loop constants of one tensor, rounded to the state dtype once (as the reference path
+// rounds its bias corrections): u = (m * inv_bc1) / (sqrt(v) * inv_bc2 + eps).
+template <typename S>
+struct Consts {
+  S w1, one_minus_w1, b2, one_minus_b2, inv_bc1, inv_bc2, eps;
+  bool lerp_from_m;  // torch.lerp's two formulas, chosen by |weight| < 0.5
+};
+
+template <typename S>
+Consts<S> loop_consts(const Hyper& h, double step) {
+  double bc1 = 1.0, bc2_sqrt = 1.0;
+  if (h.bias_correction) {
+    bc1 = 1.0 - std::pow(h.beta1, step);
+    bc2_sqrt = std::sqrt(1.0 - std::pow(h.beta2, step));
+  }
+  Consts<S> c;
+  c.w1 = static_cast<S>(1.0 - h.beta1);
+  c.one_minus_w1 = static_cast<S>(1.0 - static_cast<double>(c.w1));
+  c.lerp_from_m = std::abs(1.0 - h.beta1) < 0.5;
+  c.b2 = static_cast<S>(h.beta2);
+  c.one_minus_b2 = static_cast<S>(1.0 - h.beta2);
+  c.inv_bc1 = static_cast<S>(1.0 / bc1);
+  c.inv_bc2 = static_cast<S>(1.0 / bc2_sqrt);
+  c.eps = static_cast<S>(h.eps);
+  return c;
+}
+
+// Increments a 0-d step counter (float32 or float64) and returns the new count.
+double increment_step(const at::Tensor& step) {
+  TORCH_CHECK(step.numel() == 1 && step.device().is_cpu(), "step must be a one-element CPU tensor");
+  if (step.scalar_type() == at::kFloat) return ++*step.data_ptr<float>();
+  if (step.scalar_type() == at::kDouble) return ++*step.data_ptr<double>();
+  TORCH_CHECK(false, "step must be float32 or float64, got ", step.scalar_type());
+}
+
+double read_step(const at::Tensor& step) {
+  if (step.scalar_type() == at::kFloat) return *step.data_ptr<float>();
+  return *step.data_ptr<double>();
+}
+
+void write_scalar(const at::Tensor& t, double value) {
+  if (!t.defined()) return;
+  if (t.scalar_type() == at::kFloat) {
+    *t.data_ptr<float>() = static_cast<float>(value);
+  } else if (t.scalar_type() == at::kDouble) {
+    *t.data_ptr<double>() = value;
+  } else {
+    TORCH_CHECK(false, "alpha/mask_density state must be float32 or float64, got ", t.scalar_type());
+  }
+}
+
+template <typename S>
+inline S to_state(S x) { return x; }
+inline float to_state(c10::BFloat16 x) { return static_cast<float>(x); }
+inline float to_state(c10::Half x) { return static_cast<float>(x); }
+
+// ---------------------------------------------------------------------------- pass 1
+template <typename P, typename S, int64_t kMask>
+void moments_block(const P* __restrict g_in, S* __restrict m, S* __restrict v,
+                   uint8_t* __restrict mask, int64_t n, const Consts<S>& c, bool maximize,
+                   double* __restrict sums) {
+  double total = 0, kept = 0;
+  double count = 0;
+  const S sign = maximize ? S(-1) : S(1);
+  for (int64_t lo = 0; lo < n; lo += kSub) {
+    const int64_t hi = std::min(n, lo + kSub);
+    S sub_total = 0, sub_kept = 0, sub_count = 0;  // a float count is exact up to 2^24
+    if (c.lerp_from_m) {
+#pragma omp simd reduction(+ : sub_total, sub_kept, sub_count)
+      for (int64_t i = lo; i < hi; ++i) {
+        const S g = sign * to_state(g_in[i]);
+        const S m_old = m[i];
+        // torch.lerp(m, g, w) with |w| < 0.5 is m + w * (g - m)
+        const S m_new = m_old + c.w1 * (g - m_old);
+        const S v_new = v[i] * c.b2 + c.one_minus_b2 * (g * g);
+        const S phi = static_cast<S>((kMask == kMaskAsync ? g * m_old : g * m_new) > S(0));
+        m[i] = m_new;
+        v[i] = v_new;
+        mask[i] = static_cast<uint8_t>(phi);
+        const S u = (m_new * c.inv_bc1) / (std::sqrt(v_new) * c.inv_bc2 + c.eps);
+        const S uu = u * u;
+        sub_total += uu;
+        sub_kept += uu * phi;  // (u * phi)^2, as the reference paths compute it
+        sub_count += phi;
+      }
+    } else {
+#pragma omp simd reduction(+ : sub_total, sub_kept, sub_count)
+      for (int64_t i = lo; i < hi; ++i) {
+        const S g = sign * to_state(g_in[i]);
+        const S m_old = m[i];
+        // torch.lerp(m, g, w) with |w| >= 0.5 is g - (g - m) * (1 - w)
+        const S m_new = g - (g - m_old) * c.one_minus_w1;
+        const S v_new = v[i] * c.b2 + c.one_minus_b2 * (g * g);
+        const S phi = static_cast<S>((kMask == kMaskAsync ? g * m_old : g * m_new) > S(0));
+        m[i] = m_new;
+        v[i] = v_new;
+        mask[i] = static_cast<uint8_t>(phi);
+        const S u = (m_new * c.inv_bc1) / (std::sqrt(v_new) * c.inv_bc2 + c.eps);
+        const S uu = u * u;
+        sub_total += uu;
+        sub_kept += uu * phi;  // (u * phi)^2, as the reference paths compute it
+        sub_count += phi;
+      }
+    }
+    total += sub_total;
+    kept += sub_kept;
+    count += sub_count;
+  }
+  sums[0] = total;
+  sums[1] = kept;
+  sums[2] = count;
+}
+
+// ---------------------------------------------------------------------------- pass 2
+template <typename P, typename S>
+void apply_block(P* __restrict p, const S* __restrict m, const S* __restrict v,
+                 const uint8_t* __restrict mask, int64_t n, const Consts<S>& c, S decay, S step) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const S u = (m[i] * c.inv_bc1) / (std::sqrt(v[i]) * c.inv_bc2 + c.eps);
+    // A multiply, as the reference paths mask (u * phi): a NaN u stays NaN where phi = 0.
+    const S kept = u * static_cast<S>(mask[i]);
+    p[i] = static_cast<P>(to_state(p[i]) * decay - step * kept);
+  }
+}
+
+// mask="none": AdamW in one pass (no sums needed).
+template <typename P, typename S>
+void adamw_block(P* __restrict p, const P* __restrict g_in, S* __restrict m, S* __restrict v,
+                 int64_t n, const Consts<S>& c, bool maximize, S decay, S lr) {
+  const S sign = maximize ? S(-1) : S(1);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const S g = sign * to_state(g_in[i]);
+    const S m_old = m[i];
+    const S m_new = c.lerp_from_m ? m_old + c.w1 * (g - m_old) : g - (g - m_old) * c.one_minus_w1;
+    const S v_new = v[i] * c.b2 + c.one_minus_b2 * (g * g);
+    m[i] = m_new;
+    v[i] = v_new;
+    const S u = (m_new * c.inv_bc1) / (std::sqrt(v_new) * c.inv_bc2 + c.eps);
+    p[i] = static_cast<P>(to_state(p[i]) * decay - lr * u);
+  }
+}
+
+// ------------------------------------------------------------------ per-tensor drivers
+template <typename P, typename S>
+void tensor_pass1(const at::Tensor& grad, const at::Tensor& m, const at::Tensor& v,
+                  const at::Tensor& mask, const Consts<S>& c, const Hyper& h, double* out) {
+  const int64_t n = m.numel();
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  std::vector<double> partial(3 * std::max<int64_t>(blocks, 1), 0.0);
+  const P* g_ptr = grad.data_ptr<P>();
+  S* m_ptr = m.data_ptr<S>();
+  S* v_ptr = v.data_ptr<S>();
+  uint8_t* mask_ptr = mask.data_ptr<uint8_t>();
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t lo = b * kBlock, len = std::min(kBlock, n - lo);
+      if (h.mask == kMaskAsync) {
+        moments_block<P, S, kMaskAsync>(g_ptr + lo, m_ptr + lo, v_ptr + lo, mask_ptr + lo, len,
+                                        c, h.maximize, &partial[3 * b]);
+      } else {
+        moments_block<P, S, kMaskSync>(g_ptr + lo, m_ptr + lo, v_ptr + lo, mask_ptr + lo, len,
+                                       c, h.maximize, &partial[3 * b]);
+      }
+    }
+  });
+  out[0] = out[1] = out[2] = 0.0;
+  for (int64_t b = 0; b < blocks; ++b) {
+    for (int k = 0; k < 3; ++k) out[k] += partial[3 * b + k];
+  }
+}
+
+template <typename P, typename S>
+void tensor_pass2(const at::Tensor& param, const at::Tensor& m, const at::Tensor& v,
+                  const at::Tensor& mask, const Consts<S>& c, S decay, S step) {
+  const int64_t n = m.numel();
+  P* p_ptr = param.data_ptr<P>();
+  const S* m_ptr = m.data_ptr<S>();
+  const S* v_ptr = v.data_ptr<S>();
+  const uint8_t* mask_ptr = mask.data_ptr<uint8_t>();
+  at::parallel_for(0, n, kBlock, [&](int64_t lo, int64_t hi) {
+    apply_block<P, S>(p_ptr + lo, m_ptr + lo, v_ptr + lo, mask_ptr + lo, hi - lo, c, decay, step);
+  });
+}
+
+template <typename P, typename S>
+void tensor_adamw(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& m,
+                  const at::Tensor& v, const Consts<S>& c, const Hyper& h) {
+  const int64_t n = m.numel();
+  P* p_ptr = param.data_ptr<P>();
+  const P* g_ptr = grad.data_ptr<P>();
+  S* m_ptr = m.data_ptr<S>();
+  S* v_ptr = v.data_ptr<S>();
+  const S decay = static_cast<S>(1.0 - h.lr * h.weight_decay);
+  const S lr = static_cast<S>(h.lr);
+  at::parallel_for(0, n, kBlock, [&](int64_t lo, int64_t hi) {
+    adamw_block<P, S>(p_ptr + lo, g_ptr + lo, m_ptr + lo, v_ptr + lo, hi - lo, c, h.maximize,
+                      decay, lr);
+  });
+}
+
+// [1 - lr wd, lr * scale * alpha, alpha, density] from a tensor's complete sums: the
+// formulas of fused.coefficients / masking.alpha_from_sums, in double.
+std::array<double, 4> coefficients(const double* sums, double numel, const Hyper& h) {
+  const double total = sums[0], kept = sums[1], nnz = sums[2];
+  const double scale = h.rescale ? numel / (nnz + 1.0) : 1.0;
+  double alpha = 1.0;
+  if (h.alpha != kAlphaNone) {
+    if (kept > 0) {
+      alpha = total / kept;
+      if (h.alpha == kAlphaSqrtRatio) alpha = std::sqrt(alpha);
+    } else {
+      alpha = h.alpha_max;  // an empty mask moves nothing; report the clip (no 0/0)
+    }
+    alpha = std::min(alpha, h.alpha_max);
+  }
+  const double density = nnz / std::max(numel, 1.0);
+  return {1.0 - h.lr * h.weight_decay, h.lr * scale * alpha, alpha, density};
+}
+
+void check_tensor(const at::Tensor& t, const char* name, int64_t i) {
+  TORCH_CHECK(t.device().is_cpu(), "fused='cpu' needs CPU tensors; ", name, "[", i,
+              "] is on ", t.device(), " (use fused='triton' or fused=True on CUDA)");
+  TORCH_CHECK(t.is_contiguous(), "fused='cpu' needs contiguous tensors; ", name, "[", i,
+              "] is not (use fused=False)");
+}
+
+// Dispatch on (param dtype, state dtype); f is called as f(P{}, S{}).
+template <typename F>
+void dispatch(at::ScalarType p, at::ScalarType s, F&& f) {
+  if (p == at::kFloat && s == at::kFloat) return f(float{}, float{});
+  if (p == at::kDouble && s == at::kDouble) return f(double{}, double{});
+  if (p == at::kBFloat16 && s == at::kFloat) return f(c10::BFloat16{}, float{});
+  if (p == at::kHalf && s == at::kFloat) return f(c10::Half{}, float{});
+  TORCH_CHECK(false, "fused='cpu' supports float32/float64 parameters and bfloat16/float16 "
+              "parameters with float32 state; got parameter ", p, " with state ", s,
+              " (use fused=False)");
+}
+
+Hyper make_hyper(double lr, double beta1, double beta2, double eps, double weight_decay,
+                 bool bias_correction, bool maximize, int64_t mask, int64_t alpha,
+                 double alpha_max, bool rescale) {
+  TORCH_CHECK(mask >= 0 && mask <= 2, "mask kind must be 0 (none), 1 (async) or 2 (sync)");
+  TORCH_CHECK(alpha >= 0 && alpha <= 2, "alpha kind must be 0 (none), 1 (ratio) or 2 (sqrt)");
+  return Hyper{lr, beta1, beta2, eps, weight_decay, alpha_max, bias_correction, maximize,
+               rescale, mask, alpha};
+}
+
+void check_lists(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                 const std::vector<at::Tensor>& exp_avgs,
+                 const std::vector<at::Tensor>& exp_avg_sqs, const std::vector<at::Tensor>& steps) {
+  const size_t n = params.size();
+  TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n &&
+                  steps.size() == n,
+              "params, grads, exp_avgs, exp_avg_sqs and steps must have the same length");
+  for (size_t i = 0; i < n; ++i) {
+    check_tensor(params[i], "params", i);
+    check_tensor(grads[i], "grads", i);
+    check_tensor(exp_avgs[i], "exp_avgs", i);
+    check_tensor(exp_avg_sqs[i], "exp_avg_sqs", i);
+    TORCH_CHECK(grads[i].scalar_type() == params[i].scalar_type(),
+                "fused='cpu' needs gradients in the parameter dtype; grads[", i, "] is ",
+                grads[i].scalar_type(), ", params[", i, "] is ", params[i].scalar_type());
+    TORCH_CHECK(grads[i].numel() == params[i].numel() && exp_avgs[i].numel() == params[i].numel()
+                    && exp_avg_sqs[i].numel() == params[i].numel(),
+                "params[", i, "], its gradient and its state differ in size");
+    TORCH_CHECK(exp_avg_sqs[i].scalar_type() == exp_avgs[i].scalar_type(),
+                "exp_avg and exp_avg_sq differ in dtype at index ", i);
+  }
+}
+
+}  // namespace
+
+// The whole step for unsharded tensors: each tensor's pass 1, coefficients and pass 2 in turn.
+// alphas/densities are the 0-d state tensors to receive alpha and the mask density (empty
+// lists for mask="none").
+void step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+          const std::vector<at::Tensor>& exp_avgs, const std::vector<at::Tensor>& exp_avg_sqs,
+          const std::vector<at::Tensor>& steps, const std::vector<at::Tensor>& alphas,
+          const std::vector<at::Tensor>& densities, double lr, double beta1, double beta2,
+          double eps, double weight_decay, bool bias_correction, bool maximize, int64_t mask,
+          int64_t alpha, double alpha_max, bool rescale) {
+  check_lists(params, grads, exp_avgs, exp_avg_sqs, steps);
+  const Hyper h = make_hyper(lr, beta1, beta2, eps, weight_decay, bias_correction, maximize,
+                             mask, alpha, alpha_max, rescale);
+  TORCH_CHECK(h.mask == kMaskNone || (alphas.size() == params.size() &&
+                                      densities.size() == params.size()),
+              "a masked step needs one alpha and one mask_density tensor per parameter");
+  at::Tensor mask_buffer;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const double t = increment_step(steps[i]);
+    const int64_t n = params[i].numel();
+    dispatch(params[i].scalar_type(), exp_avgs[i].scalar_type(), [&](auto p_tag, auto s_tag) {
+      using P = decltype(p_tag);
+      using S = decltype(s_tag);
+      const Consts<S> c = loop_consts<S>(h, t);
+      if (h.mask == kMaskNone) {
+        if (n > 0) tensor_adamw<P, S>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], c, h);
+        return;
+      }
+      if (!mask_buffer.defined() || mask_buffer.numel() < n) {
+        mask_buffer = at::empty({n}, at::TensorOptions().dtype(at::kByte));
+      }
+      const at::Tensor tensor_mask = mask_buffer.narrow(0, 0, n);
+      double sums[3] = {0, 0, 0};
+      if (n > 0) tensor_pass1<P, S>(grads[i], exp_avgs[i], exp_avg_sqs[i], tensor_mask, c, h, sums);
+      const auto k = coefficients(sums, static_cast<double>(n), h);
+      if (n > 0) {
+        tensor_pass2<P, S>(params[i], exp_avgs[i], exp_avg_sqs[i], tensor_mask, c,
+                           static_cast<S>(k[0]), static_cast<S>(k[1]));
+      }
+      write_scalar(alphas[i], k[2]);
+      write_scalar(densities[i], k[3]);
+    });
+  }
+}
+
+// Pass 1 of every (local shard of a) tensor: increments the steps, updates the moments, fills
+// masks[i] (uint8, one per element) and returns the [n, 3] float64 partial sums.
+at::Tensor moments_and_sums(const std::vector<at::Tensor>& grads,
+                            const std::vector<at::Tensor>& exp_avgs,
+                            const std::vector<at::Tensor>& exp_avg_sqs,
+                            const std::vector<at::Tensor>& steps,
+                            const std::vector<at::Tensor>& masks, double beta1, double beta2,
+                            double eps, bool bias_correction, bool maximize, int64_t mask) {
+  check_lists(grads, grads, exp_avgs, exp_avg_sqs, steps);
+  TORCH_CHECK(masks.size() == grads.size(), "one mask per tensor");
+  TORCH_CHECK(mask != kMaskNone, "moments_and_sums is for masked steps");
+  const Hyper h = make_hyper(0.0, beta1, beta2, eps, 0.0, bias_correction, maximize, mask,
+                             kAlphaNone, 1.0, false);
+  at::Tensor sums = at::zeros({static_cast<int64_t>(grads.size()), 3},
+                              at::TensorOptions().dtype(at::kDouble));
+  double* out = sums.data_ptr<double>();
+  for (size_t i = 0; i < grads.size(); ++i) {
+    const double t = increment_step(steps[i]);
+    TORCH_CHECK(masks[i].scalar_type() == at::kByte && masks[i].numel() == grads[i].numel() &&
+                    masks[i].is_contiguous(),
+                "masks[", i, "] must be a contiguous uint8 tensor of the gradient's size");
+    if (grads[i].numel() == 0) continue;
+    dispatch(grads[i].scalar_type(), exp_avgs[i].scalar_type(), [&](auto p_tag, auto s_tag) {
+      using P = decltype(p_tag);
+      using S = decltype(s_tag);
+      tensor_pass1<P, S>(grads[i], exp_avgs[i], exp_avg_sqs[i], masks[i], loop_consts<S>(h, t), h,
+                         out + 3 * i);
+    });
+  }
+  return sums;
+}
+
+// Pass 2 from complete (all-reduced) sums; numels are the whole tensors' element counts.
+void apply_from_sums(const std::vector<at::Tensor>& params,
+                     const std::vector<at::Tensor>& exp_avgs,
+                     const std::vector<at::Tensor>& exp_avg_sqs,
+                     const std::vector<at::Tensor>& steps, const std::vector<at::Tensor>& masks,
+                     const at::Tensor& sums, const std::vector<int64_t>& numels,
+                     const std::vector<at::Tensor>& alphas,
+                     const std::vector<at::Tensor>& densities, double lr, double beta1,
+                     double beta2, double eps, double weight_decay, bool bias_correction,
+                     int64_t alpha, double alpha_max, bool rescale) {
+  const size_t n = params.size();
+  TORCH_CHECK(exp_avgs.size() == n && exp_avg_sqs.size() == n && steps.size() == n &&
+                  masks.size() == n && numels.size() == n && alphas.size() == n &&
+                  densities.size() == n,
+              "apply_from_sums: every list needs one entry per parameter");
+  TORCH_CHECK(sums.scalar_type() == at::kDouble && sums.dim() == 2 && sums.size(0) == (int64_t)n &&
+                  sums.size(1) == 3 && sums.is_contiguous() && sums.device().is_cpu(),
+              "sums must be a contiguous CPU float64 tensor of shape [n, 3]");
+  const Hyper h = make_hyper(lr, beta1, beta2, eps, weight_decay, bias_correction, false,
+                             kMaskAsync, alpha, alpha_max, rescale);
+  const double* s = sums.data_ptr<double>();
+  for (size_t i = 0; i < n; ++i) {
+    check_tensor(params[i], "params", i);
+    const double t = read_step(steps[i]);
+    dispatch(params[i].scalar_type(), exp_avgs[i].scalar_type(), [&](auto p_tag, auto s_tag) {
+      using P = decltype(p_tag);
+      using S = decltype(s_tag);
+      const auto k = coefficients(s + 3 * i, static_cast<double>(numels[i]), h);
+      if (params[i].numel() > 0) {
+        tensor_pass2<P, S>(params[i], exp_avgs[i], exp_avg_sqs[i], masks[i],
+                           loop_consts<S>(h, t), static_cast<S>(k[0]), static_cast<S>(k[1]));
+      }
+      write_scalar(alphas[i], k[2]);
+      write_scalar(densities[i], k[3]);
+    });
+  }
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("step", &step, "Fused AlphaAdam step over unsharded CPU tensors");
+  m.def("moments_and_sums", &moments_and_sums, "Pass 1 over (local shards of) CPU tensors");
+  m.def("apply_from_sums", &apply_from_sums, "Pass 2 from complete per-tensor sums");
+}

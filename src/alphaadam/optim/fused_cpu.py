@@ -1,0 +1,122 @@
+"""The fused AlphaAdam step for CPU tensors: a C++ kernel pair built on first use.
+
+``csrc/alphaadam_cpu.cpp`` holds the two passes of docs/fused.md as plain loops that the
+compiler vectorises (``#pragma omp simd``), threaded with ``at::parallel_for`` (so
+``torch.set_num_threads`` governs them). It is built with ``torch.utils.cpp_extension.load``
+the first time a process uses it (about 45 s on a 2-core machine; needs a C++ compiler and
+ninja) and cached in ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), so
+later processes load it in well under a second.
+
+The build targets the instruction set torch itself reports for this CPU
+(``torch.backends.cpu.get_cpu_capability()``), never ``-march=native``, and that name is part
+of the extension's name: a cache shared by machines of different generations (a cluster home
+directory) holds one build per instruction set instead of one that crashes elsewhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from .masking import MaskConfig
+from .sharding import ReduceSums
+
+SOURCE = Path(__file__).with_name("csrc") / "alphaadam_cpu.cpp"
+MASK_KINDS = {"none": 0, "async": 1, "sync": 2}
+ALPHA_KINDS = {"none": 0, "ratio": 1, "sqrt_ratio": 2}
+CPU_PARAM_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+# Flags per instruction set torch reports. FMA contraction is allowed (as in torch's own
+# vectorised kernels): results differ from the reference paths by rounding only.
+_ISA_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma"],
+    "AVX2": ["-mavx2", "-mfma"],
+}
+
+
+def _isa() -> str:
+    capability = torch.backends.cpu.get_cpu_capability()
+    return capability if capability in _ISA_FLAGS else "default"
+
+
+@functools.cache
+def load_extension() -> ModuleType:
+    """Build (once per machine and instruction set) and import the C++ step."""
+    from torch.utils.cpp_extension import load
+
+    isa = _isa()
+    flags = ["-O3", "-fopenmp", "-fno-math-errno", *_ISA_FLAGS.get(isa, [])]
+    try:
+        return load(
+            name=f"alphaadam_cpu_{isa.lower()}",
+            sources=[str(SOURCE)],
+            extra_cflags=flags,
+            verbose=os.environ.get("ALPHAADAM_VERBOSE_BUILD") == "1",
+        )
+    except Exception as exc:  # compiler missing, ninja missing, a build error
+        raise RuntimeError(
+            f"fused='cpu' could not build its C++ kernel ({type(exc).__name__}: {exc}). It "
+            "needs a C++ compiler (g++/clang++) and ninja (pip install ninja); set "
+            "ALPHAADAM_VERBOSE_BUILD=1 to see the build log, or use fused='compile' or "
+            "fused=False instead"
+        ) from exc
+
+
+def _lr_value(lr: float | Tensor) -> float:
+    # A CPU tensor lr (a scheduler's) is read without any device synchronisation.
+    return float(lr.item()) if isinstance(lr, Tensor) else float(lr)
+
+
+def cpu_alphaadam(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    stats: list[tuple[Tensor | None, Tensor | None]],
+    *,
+    cfg: MaskConfig,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    bias_correction: bool,
+    maximize: bool,
+    numels: list[int] | None = None,
+    reduce_sums: ReduceSums | None = None,
+) -> None:
+    """Same signature and results as ``alphaadam._single_tensor_alphaadam``."""
+    ext = load_extension()
+    lr_value = _lr_value(lr)
+    alphas = [a for a, _ in stats] if cfg.active else []
+    densities = [d for _, d in stats] if cfg.active else []
+    mask_kind = MASK_KINDS[cfg.mask]
+    alpha_kind = ALPHA_KINDS[cfg.alpha]
+    if reduce_sums is None or not cfg.active:
+        # Whole tensors (or mask="none", which needs no sums): one call for everything.
+        ext.step(
+            params, grads, exp_avgs, exp_avg_sqs, steps, alphas, densities,
+            lr_value, beta1, beta2, eps, weight_decay, bias_correction, maximize,
+            mask_kind, alpha_kind, float(cfg.alpha_max), cfg.rescale,
+        )  # fmt: skip
+        return
+    # Local shards: pass 1 for all, one all_reduce of the [n, 3] sums, pass 2 for all.
+    masks = [torch.empty(g.numel(), dtype=torch.uint8) for g in grads]
+    sums = ext.moments_and_sums(
+        grads, exp_avgs, exp_avg_sqs, steps, masks,
+        beta1, beta2, eps, bias_correction, maximize, mask_kind,
+    )  # fmt: skip
+    sums = reduce_sums(sums).to(torch.float64).contiguous()
+    if numels is None:
+        numels = [p.numel() for p in params]
+    ext.apply_from_sums(
+        params, exp_avgs, exp_avg_sqs, steps, masks, sums, list(numels), alphas, densities,
+        lr_value, beta1, beta2, eps, weight_decay, bias_correction,
+        alpha_kind, float(cfg.alpha_max), cfg.rescale,
+    )  # fmt: skip
