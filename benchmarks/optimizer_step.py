@@ -113,10 +113,9 @@ def _fused_factory(preset: str, fused: str):
     return factory
 
 
-# Fused two-pass step (docs/fused.md). Triton variants run only on CUDA by default: on CPU
-# tensors Triton runs its (test-only, very slow) interpreter.
+# Fused two-pass step (docs/fused.md): the C++ step for CPU, torch.compile, Triton for CUDA.
 for _preset in PRESETS:
-    for _fused in ("compile", "triton"):
+    for _fused in ("cpu", "compile", "triton"):
         variant(f"{_preset}_{_fused}", f"alphaadam_preset({_preset!r}, fused={_fused!r})")(
             _fused_factory(_preset, _fused)
         )
@@ -203,8 +202,13 @@ def run(args) -> dict:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    # By default each fused back end runs only where it is meant to: Triton on CUDA (on CPU
+    # tensors it would run its test-only interpreter), the C++ step on CPU.
     names = args.variants or [
-        n for n in VARIANTS if not n.endswith("_triton") or device.type == "cuda"
+        n
+        for n in VARIANTS
+        if not (n.endswith("_triton") and device.type != "cuda")
+        and not (n.endswith("_cpu") and device.type != "cpu")
     ]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
