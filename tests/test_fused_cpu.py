@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +28,8 @@ from fused_cases import (
     make_params,
     set_grads,
 )
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "optimizer"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -139,3 +142,18 @@ def test_missing_compiler_says_what_is_needed(tmp_path):
     assert proc.returncode != 0
     assert "could not build its C++ kernel" in proc.stderr, proc.stderr[-3000:]
     assert "fused='compile' or fused=False" in proc.stderr
+
+
+def test_optimizer_configs_expose_fused():
+    # `python train.py optimizer=alphaadam optimizer.fused=true` must reach the optimizer.
+    from omegaconf import OmegaConf
+
+    from alphaadam.optim.registry import build_optimizer
+
+    for name in ("alphaadam", "adamw_sm", "adamw_am", "cadamw"):
+        cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / f"{name}.yaml"))
+        assert cfg.pop("fused") is None, name
+        registry_name = cfg.pop("name")
+        model = torch.nn.Linear(3, 2)
+        opt = build_optimizer(registry_name, model, fused=True, **cfg)
+        assert all(g["fused"] is True for g in opt.param_groups), name
