@@ -325,6 +325,22 @@ def test_nan_skip_budget_skips_bad_steps(tmp_path, monkeypatch):
     assert all(math.isfinite(r["loss"]) for r in train_records(run_dir))
 
 
+def test_a_step_the_grad_scaler_skipped_does_not_advance_the_lr_schedule(tmp_path, monkeypatch):
+    # fp16 GradScaler skips exist only on GPUs (accelerate has no scaler on CPU), so the
+    # skip report is faked: optimizer steps 2 and 3 are reported as skipped.
+    from accelerate import Accelerator
+
+    args = ["trainer.max_steps=5", "trainer.log_every=1", "trainer.warmup_steps=10", *TINY]
+    normal = [r["lr"] for r in train_records(run_training(args, tmp_path / "normal"))]
+    calls = iter(range(1, 100))
+    monkeypatch.setattr(
+        Accelerator, "optimizer_step_was_skipped", property(lambda self: next(calls) in (2, 3))
+    )
+    skipped = [r["lr"] for r in train_records(run_training(args, tmp_path / "skipped"))]
+    assert len(set(normal)) == 5  # warm-up: every step has its own lr
+    assert skipped == [normal[0], normal[1], normal[1], normal[1], normal[2]]
+
+
 # ------------------------------------------------------------------------- bad input
 def test_missing_text_file_names_the_path(tmp_path):
     missing = tmp_path / "no_such_corpus.txt"

@@ -368,7 +368,10 @@ def train(cfg: DictConfig) -> Path:
                     )
                 continue
             optimizer.step()
-            scheduler.step()
+            # fp16: a step GradScaler skipped (inf/NaN gradients) leaves the lr schedule where it
+            # was, as accelerate's own prepared schedulers do.
+            if not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
             state["tokens"] += int(tokens_value)
