@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -44,13 +45,23 @@ def _isa() -> str:
     return capability if capability in _ISA_FLAGS else "default"
 
 
+def _compiler_flags(isa: str) -> list[str]:
+    if sys.platform == "win32":  # MSVC: no OpenMP simd reductions; plain optimised loops
+        return ["/O2"]
+    # -fopenmp makes at::parallel_for (inline OpenMP code) actually run threads; the OpenMP
+    # symbols resolve to the runtime torch already loaded. Apple's clang has no OpenMP
+    # runtime, so on macOS the loops stay vectorised but single-threaded.
+    threads = ["-fopenmp-simd"] if sys.platform == "darwin" else ["-fopenmp"]
+    return ["-O3", *threads, "-fno-math-errno", *_ISA_FLAGS.get(isa, [])]
+
+
 @functools.cache
 def load_extension() -> ModuleType:
     """Build (once per machine and instruction set) and import the C++ step."""
     from torch.utils.cpp_extension import load
 
     isa = _isa()
-    flags = ["-O3", "-fopenmp", "-fno-math-errno", *_ISA_FLAGS.get(isa, [])]
+    flags = _compiler_flags(isa)
     try:
         return load(
             name=f"alphaadam_cpu_{isa.lower()}",
