@@ -9,6 +9,7 @@ whole-tensor one on every such tensor.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 
@@ -130,6 +131,92 @@ def test_fsdp2_and_ddp_steps_equal_single_process():
         init_file = os.path.join(tmp, "init")
         results = os.path.join(tmp, "result")
         mp.spawn(_worker, args=(init_file, results), nprocs=WORLD, join=True)
+        for rank in range(WORLD):
+            with open(f"{results}.{rank}") as f:
+                assert f.read() == "ok"
+
+
+# ----------------------------------------------------------------- baselines under FSDP2
+# Optimizer name -> (config kwargs, the package it needs or None).
+BASELINES = {
+    "adamw": ({}, None),
+    "lion": ({}, None),
+    "sgd": ({"momentum": 0.9}, None),
+    "galore": ({"rank": 2, "update_proj_gap": 2, "target_modules": ["fc1", "fc2"]}, "galore_torch"),
+    "adam_mini": ({"dim": 8, "n_heads": 2}, "adam_mini"),
+}
+
+
+class Wide(nn.Module):
+    # GaLore projects only matrices whose smaller side exceeds its rank (2): 8x5, 8x8.
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(5, 8)
+        self.fc2 = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def _wide() -> Wide:
+    torch.manual_seed(0)
+    return Wide()
+
+
+def _baseline_worker(rank: int, init_file: str, results: str, names: list[str]) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        from alphaadam.optim.registry import build_optimizer
+
+        mesh = init_device_mesh("cpu", (WORLD,))
+        per_rank = [_batches(r) for r in range(WORLD)]
+        for name in names:
+            kwargs = dict(lr=1e-2, **BASELINES[name][0])
+            ref = _wide()
+            ref_opt = build_optimizer(name, ref, **kwargs)
+            for step in range(STEPS):
+                ref_opt.zero_grad()
+                (sum(_loss(ref, per_rank[r][step]) for r in range(WORLD)) / WORLD).backward()
+                ref_opt.step()
+            model = _wide()
+            fully_shard(model, mesh=mesh)
+            opt = build_optimizer(name, model, **kwargs)
+            for step in range(STEPS):
+                opt.zero_grad()
+                _loss(model, per_rank[rank][step]).backward()
+                opt.step()
+            for (pname, p), rp in zip(model.named_parameters(), ref.parameters()):
+                torch.testing.assert_close(
+                    _full(p.detach()), rp.detach(), msg=lambda m, n=f"{name} {pname}": f"{n}: {m}"
+                )
+        if importlib.util.find_spec("bitsandbytes") is not None:
+            model = _wide()
+            fully_shard(model, mesh=mesh)
+            opt = build_optimizer("adam8bit", model, lr=1e-2)
+            _loss(model, per_rank[rank][0]).backward()
+            try:
+                opt.step()
+            except RuntimeError as exc:
+                assert "does not support sharded (FSDP2 / DTensor)" in str(exc), exc
+            else:
+                raise AssertionError("adam8bit stepped FSDP2-sharded parameters without an error")
+        with open(f"{results}.{rank}", "w") as f:
+            f.write("ok")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch built without distributed")
+def test_baselines_under_fsdp2_equal_single_process_or_refuse_clearly():
+    names = [n for n, (_, pkg) in BASELINES.items() if pkg is None or importlib.util.find_spec(pkg)]
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        results = os.path.join(tmp, "result")
+        mp.spawn(_baseline_worker, args=(init_file, results, names), nprocs=WORLD, join=True)
         for rank in range(WORLD):
             with open(f"{results}.{rank}") as f:
                 assert f.read() == "ok"

@@ -36,6 +36,7 @@ from torch.optim import Optimizer
 from .alphalion import LION_PRESETS, AlphaLion
 from .alphasgd import SGD_PRESETS, AlphaSGD
 from .registry import _make_preset_factory, _split_decay, param_groups, register_optimizer
+from .sharding import is_dtensor
 
 BASELINES_HINT = 'pip install "alphaadam[baselines]"'
 MICROADAM_HINT = (
@@ -413,6 +414,30 @@ def _ldadam(
     return LDAdamW(groups, lr=lr, betas=tuple(betas), eps=eps, rank=rank, rho=rho)
 
 
+def _unsharded_only(cls: type[Optimizer], name: str) -> type[Optimizer]:
+    """``cls`` refusing sharded (FSDP2 / DTensor) parameters with a clear error on its first step.
+
+    The check runs at the first step, not at construction: the trainer builds the optimizer
+    before accelerate's ``prepare`` swaps in the sharded parameters.
+    """
+
+    class UnshardedOnly(cls):
+        def step(self, *args, **kwargs):
+            if not getattr(self, "_checked_unsharded", False):
+                if any(is_dtensor(p) for g in self.param_groups for p in g["params"]):
+                    raise RuntimeError(
+                        f"optimizer {name!r} ({cls.__module__}.{cls.__name__}) does not support "
+                        "sharded (FSDP2 / DTensor) parameters: its update kernel has no DTensor "
+                        "sharding rule. Use it with DDP or a single device, or pick another "
+                        "optimizer (AlphaAdam, adamw, adam_mini, galore and lion run under FSDP2)"
+                    )
+                self._checked_unsharded = True
+            return super().step(*args, **kwargs)
+
+    UnshardedOnly.__name__ = UnshardedOnly.__qualname__ = cls.__name__
+    return UnshardedOnly
+
+
 # -------------------------------------------------------------------------- adam8bit
 @register_optimizer("adam8bit")
 def _adam8bit(
@@ -429,7 +454,7 @@ def _adam8bit(
     ``min_8bit_size`` elements keep 32-bit moments (bitsandbytes' default)."""
     bnb = require("bitsandbytes", "bitsandbytes", "adam8bit")
     groups = param_groups(model, weight_decay, no_decay_ndim_lt2)
-    return bnb.optim.AdamW8bit(
+    return _unsharded_only(bnb.optim.AdamW8bit, "adam8bit")(
         groups,
         lr=lr,
         betas=tuple(betas),
