@@ -183,7 +183,7 @@ def test_run_scored_by_builtin_harness_records_accuracy(gsm_env, tmp_path):
 
 @pytest.mark.slow
 def test_lm_eval_local_task_scores_the_finetuned_run(gsm_env, tmp_path):
-    pytest.importorskip("lm_eval")
+    pytest.importorskip("lm_eval", reason="lm-eval is in the eval extra (pip install -e '.[eval]')")
     from alphaadam.eval.gsm8k_run import main as score_run
     from alphaadam.eval.gsm8k_run import run_lm_eval
 
@@ -199,7 +199,7 @@ def test_lm_eval_local_task_scores_the_finetuned_run(gsm_env, tmp_path):
 
 
 def test_lm_eval_task_needs_data_offline(monkeypatch, tmp_path):
-    pytest.importorskip("lm_eval")
+    pytest.importorskip("lm_eval", reason="lm-eval is in the eval extra (pip install -e '.[eval]')")
     import importlib.util
 
     from alphaadam.eval import LM_EVAL_TASKS_DIR

@@ -400,7 +400,9 @@ def test_max_epochs_needs_an_epoch_based_task(tmp_path):
 # ------------------------------------------------------------------------- wandb
 @pytest.mark.slow
 def test_wandb_logger_is_offline_by_default(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    pytest.importorskip(
+        "wandb", reason="wandb is in the logging extra (pip install -e '.[logging]')"
+    )
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
