@@ -97,8 +97,19 @@ inline S to_state(S x) { return x; }
 inline float to_state(c10::BFloat16 x) { return static_cast<float>(x); }
 inline float to_state(c10::Half x) { return static_cast<float>(x); }
 
+// torch.lerp(m, g, w) with w = 1 - b1: m + w (g - m) when |w| < 0.5, else g - (g - m)(1 - w).
+// A template flag, so the choice is made once per tensor and not inside the element loop.
+template <bool kLerpFromM, typename S>
+inline S lerp_momentum(S m, S g, const Consts<S>& c) {
+  if constexpr (kLerpFromM) {
+    return m + c.w1 * (g - m);
+  } else {
+    return g - (g - m) * c.one_minus_w1;
+  }
+}
+
 // ---------------------------------------------------------------------------- pass 1
-template <typename P, typename S, int64_t kMask>
+template <typename P, typename S, int64_t kMask, bool kLerpFromM>
 void moments_block(const P* __restrict g_in, S* __restrict m, S* __restrict v,
                    uint8_t* __restrict mask, int64_t n, const Consts<S>& c, bool maximize,
                    double* __restrict sums) {
@@ -108,42 +119,21 @@ void moments_block(const P* __restrict g_in, S* __restrict m, S* __restrict v,
   for (int64_t lo = 0; lo < n; lo += kSub) {
     const int64_t hi = std::min(n, lo + kSub);
     S sub_total = 0, sub_kept = 0, sub_count = 0;  // a float count is exact up to 2^24
-    if (c.lerp_from_m) {
 #pragma omp simd reduction(+ : sub_total, sub_kept, sub_count)
-      for (int64_t i = lo; i < hi; ++i) {
-        const S g = sign * to_state(g_in[i]);
-        const S m_old = m[i];
-        // torch.lerp(m, g, w) with |w| < 0.5 is m + w * (g - m)
-        const S m_new = m_old + c.w1 * (g - m_old);
-        const S v_new = v[i] * c.b2 + c.one_minus_b2 * (g * g);
-        const S phi = static_cast<S>((kMask == kMaskAsync ? g * m_old : g * m_new) > S(0));
-        m[i] = m_new;
-        v[i] = v_new;
-        mask[i] = static_cast<uint8_t>(phi);
-        const S u = (m_new * c.inv_bc1) / (std::sqrt(v_new) * c.inv_bc2 + c.eps);
-        const S uu = u * u;
-        sub_total += uu;
-        sub_kept += uu * phi;  // (u * phi)^2, as the reference paths compute it
-        sub_count += phi;
-      }
-    } else {
-#pragma omp simd reduction(+ : sub_total, sub_kept, sub_count)
-      for (int64_t i = lo; i < hi; ++i) {
-        const S g = sign * to_state(g_in[i]);
-        const S m_old = m[i];
-        // torch.lerp(m, g, w) with |w| >= 0.5 is g - (g - m) * (1 - w)
-        const S m_new = g - (g - m_old) * c.one_minus_w1;
-        const S v_new = v[i] * c.b2 + c.one_minus_b2 * (g * g);
-        const S phi = static_cast<S>((kMask == kMaskAsync ? g * m_old : g * m_new) > S(0));
-        m[i] = m_new;
-        v[i] = v_new;
-        mask[i] = static_cast<uint8_t>(phi);
-        const S u = (m_new * c.inv_bc1) / (std::sqrt(v_new) * c.inv_bc2 + c.eps);
-        const S uu = u * u;
-        sub_total += uu;
-        sub_kept += uu * phi;  // (u * phi)^2, as the reference paths compute it
-        sub_count += phi;
-      }
+    for (int64_t i = lo; i < hi; ++i) {
+      const S g = sign * to_state(g_in[i]);
+      const S m_old = m[i];
+      const S m_new = lerp_momentum<kLerpFromM>(m_old, g, c);
+      const S v_new = v[i] * c.b2 + c.one_minus_b2 * (g * g);
+      const S phi = static_cast<S>((kMask == kMaskAsync ? g * m_old : g * m_new) > S(0));
+      m[i] = m_new;
+      v[i] = v_new;
+      mask[i] = static_cast<uint8_t>(phi);
+      const S u = (m_new * c.inv_bc1) / (std::sqrt(v_new) * c.inv_bc2 + c.eps);
+      const S uu = u * u;
+      sub_total += uu;
+      sub_kept += uu * phi;  // (u * phi)^2, as the reference paths compute it
+      sub_count += phi;
     }
     total += sub_total;
     kept += sub_kept;
@@ -168,7 +158,7 @@ void apply_block(P* __restrict p, const S* __restrict m, const S* __restrict v,
 }
 
 // mask="none": AdamW in one pass (no sums needed).
-template <typename P, typename S>
+template <typename P, typename S, bool kLerpFromM>
 void adamw_block(P* __restrict p, const P* __restrict g_in, S* __restrict m, S* __restrict v,
                  int64_t n, const Consts<S>& c, bool maximize, S decay, S lr) {
   const S sign = maximize ? S(-1) : S(1);
@@ -176,7 +166,7 @@ void adamw_block(P* __restrict p, const P* __restrict g_in, S* __restrict m, S* 
   for (int64_t i = 0; i < n; ++i) {
     const S g = sign * to_state(g_in[i]);
     const S m_old = m[i];
-    const S m_new = c.lerp_from_m ? m_old + c.w1 * (g - m_old) : g - (g - m_old) * c.one_minus_w1;
+    const S m_new = lerp_momentum<kLerpFromM>(m_old, g, c);
     const S v_new = v[i] * c.b2 + c.one_minus_b2 * (g * g);
     m[i] = m_new;
     v[i] = v_new;
@@ -199,12 +189,16 @@ void tensor_pass1(const at::Tensor& grad, const at::Tensor& m, const at::Tensor&
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t lo = b * kBlock, len = std::min(kBlock, n - lo);
+      const auto run = [&](auto kernel) {
+        kernel(g_ptr + lo, m_ptr + lo, v_ptr + lo, mask_ptr + lo, len, c, h.maximize,
+               &partial[3 * b]);
+      };
       if (h.mask == kMaskAsync) {
-        moments_block<P, S, kMaskAsync>(g_ptr + lo, m_ptr + lo, v_ptr + lo, mask_ptr + lo, len,
-                                        c, h.maximize, &partial[3 * b]);
+        c.lerp_from_m ? run(moments_block<P, S, kMaskAsync, true>)
+                      : run(moments_block<P, S, kMaskAsync, false>);
       } else {
-        moments_block<P, S, kMaskSync>(g_ptr + lo, m_ptr + lo, v_ptr + lo, mask_ptr + lo, len,
-                                       c, h.maximize, &partial[3 * b]);
+        c.lerp_from_m ? run(moments_block<P, S, kMaskSync, true>)
+                      : run(moments_block<P, S, kMaskSync, false>);
       }
     }
   });
@@ -238,8 +232,8 @@ void tensor_adamw(const at::Tensor& param, const at::Tensor& grad, const at::Ten
   const S decay = static_cast<S>(1.0 - h.lr * h.weight_decay);
   const S lr = static_cast<S>(h.lr);
   at::parallel_for(0, n, kBlock, [&](int64_t lo, int64_t hi) {
-    adamw_block<P, S>(p_ptr + lo, g_ptr + lo, m_ptr + lo, v_ptr + lo, hi - lo, c, h.maximize,
-                      decay, lr);
+    const auto kernel = c.lerp_from_m ? adamw_block<P, S, true> : adamw_block<P, S, false>;
+    kernel(p_ptr + lo, g_ptr + lo, m_ptr + lo, v_ptr + lo, hi - lo, c, h.maximize, decay, lr);
   });
 }
 
