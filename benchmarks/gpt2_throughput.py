@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from alphaadam import alphaadam_preset
+from alphaadam.cpu_memory import keep_freed_blocks_on_heap
 
 REPO = Path(__file__).resolve().parents[1]
 LR, BETAS, WD = 6e-4, (0.9, 0.95), 0.1
@@ -67,6 +68,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if device.type == "cpu":
+        # As train.py does on CPU: freed step temporaries are reused, not page-faulted in.
+        keep_freed_blocks_on_heap()
     base, config = build_model(args.tiny)
     seq = min(args.seq, config.n_positions)
     gen = torch.Generator().manual_seed(1)

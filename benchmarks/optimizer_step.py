@@ -50,6 +50,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from alphaadam import PRESETS, alphaadam_preset
+from alphaadam.cpu_memory import keep_freed_blocks_on_heap
 
 REPO = Path(__file__).resolve().parents[1]
 LR, WEIGHT_DECAY, BETAS = 6e-4, 0.1, (0.9, 0.95)  # the paper's GPT-2 settings
@@ -200,6 +201,9 @@ def step_peak_bytes(opt: Optimizer, device: torch.device) -> int:
 
 def run(args) -> dict:
     device = torch.device(args.device)
+    if device.type == "cpu":
+        # As train.py does on CPU: freed step temporaries are reused, not page-faulted in.
+        keep_freed_blocks_on_heap()
     if args.threads:
         torch.set_num_threads(args.threads)
     # By default each fused back end runs only where it is meant to: Triton on CUDA (on CPU
