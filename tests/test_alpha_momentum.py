@@ -264,11 +264,16 @@ def test_mask_statistics_per_tensor(name):
         opt.zero_grad()
         stats = opt.read_mask_statistics(model.named_parameters())
         assert sorted(stats) == sorted(n for n, _ in model.named_parameters())
-        for s in stats.values():
-            if step == 0:  # no momentum yet: the asynchronous mask is empty
-                assert s == {"alpha": 2.0, "mask_density": 0.0}
+        numels = {n: p.numel() for n, p in model.named_parameters()}
+        for n, s in stats.items():
+            if step == 0:  # no momentum yet: the asynchronous mask is empty, nothing moved
+                assert s == {"alpha": 2.0, "mask_density": 0.0, "step_scale": 0.0}
             else:
                 assert 1.0 <= s["alpha"] <= 2.0 and 0.0 < s["mask_density"] <= 1.0
+                # Algorithm 1's multiplier of lr: alpha * d / (||phi||_0 + 1).
+                d = numels[n]
+                nnz = round(s["mask_density"] * d)
+                assert s["step_scale"] == pytest.approx(s["alpha"] * d / (nnz + 1), rel=1e-6)
 
 
 def test_plain_names_refuse_mask_options():

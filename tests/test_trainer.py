@@ -107,6 +107,10 @@ def test_metrics_mask_stats_and_summary_follow_run_dir_md(tmp_path):
         "alpha_min",
         "alpha_max",
         "mask_density_mean",
+        "step_scale_mean",
+        "step_scale_std",
+        "step_scale_min",
+        "step_scale_max",
     }
     assert all(set(r) == keys for r in train)
     # 16 windows of 64 tokens per step
@@ -123,7 +127,18 @@ def test_metrics_mask_stats_and_summary_follow_run_dir_md(tmp_path):
     assert len(names) == 15
     assert sorted(r["param"] for r in stats if r["step"] == 3) == sorted(names)
     assert {r["step"] for r in stats} == {3, 6}
-    assert all(set(r) == {"step", "param", "alpha", "mask_density"} for r in stats)
+    assert all(set(r) == {"step", "param", "alpha", "mask_density", "step_scale"} for r in stats)
+    params = dict(_tiny_model().named_parameters())
+    for r in stats:  # Algorithm 1's multiplier of lr: alpha * d / (||phi||_0 + 1)
+        d = params[r["param"]].numel()
+        expected = r["alpha"] * d / (round(r["mask_density"] * d) + 1)
+        assert r["step_scale"] == pytest.approx(expected, rel=1e-6)
+    # Step 1's asynchronous mask is empty (m_0 = 0): nothing moved, the multiplier is 0.
+    assert train[0]["step_scale_max"] == 0.0
+    assert all(
+        r["step_scale_min"] - 1e-9 <= r["step_scale_mean"] <= r["step_scale_max"] + 1e-9
+        for r in train
+    )
 
     s = summary(run_dir)
     assert s["status"] == "completed"
@@ -149,6 +164,9 @@ def test_metrics_mask_stats_and_summary_follow_run_dir_md(tmp_path):
     best = min(evals, key=lambda e: e["val_loss"])
     assert s["best"] == {"step": best["step"], "val_loss": best["val_loss"]}
     assert s["wall_time_s"] > 0 and "git_sha" in s
+    # The run's mean effective multiplier: the mean of the logged per-step means.
+    logged = [r["step_scale_mean"] for r in train]
+    assert s["step_scale_mean"] == pytest.approx(sum(logged) / len(logged))
 
 
 def _tiny_model():
@@ -163,6 +181,7 @@ def test_optimizer_without_mask_statistics_logs_no_alpha(tmp_path):
     )
     assert all("alpha_mean" not in r for r in train_records(run_dir))
     assert not (run_dir / "mask_stats.jsonl").exists()
+    assert summary(run_dir)["step_scale_mean"] is None
 
 
 # ------------------------------------------------------------------------------ resume

@@ -35,6 +35,8 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from .cpu_memory import configure_cpu_allocator
+from .optim.alphaadam import STAT_KEYS
 from .optim.registry import build_optimizer
 from .tasks.base import Task
 
@@ -117,6 +119,9 @@ def train(cfg: DictConfig) -> Path:
     """Run (or continue) one training run; returns its run directory."""
     tc = cfg.trainer
     accelerator = Accelerator(cpu=tc.device == "cpu", mixed_precision=tc.mixed_precision)
+    if accelerator.device.type == "cpu":
+        # Before the first step allocates anything large (alphaadam/cpu_memory.py).
+        configure_cpu_allocator(tc.cpu_allocator)
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
     if tc.gradient_accumulation_steps % world:
@@ -249,6 +254,11 @@ def train(cfg: DictConfig) -> Path:
                     "skipped_steps": state["skipped_steps"],
                     "final": final,
                     "best": state["best"],
+                    # Mean over the logged steps of the mean over tensors of the lr multiplier
+                    # a masked update applied (alpha * d / (nnz + 1)); null without a mask.
+                    "step_scale_mean": state["step_scale_sum"] / state["step_scale_records"]
+                    if state.get("step_scale_records")
+                    else None,
                     **extra,
                 },
             )
@@ -397,17 +407,35 @@ def train(cfg: DictConfig) -> Path:
                 }
                 stats = _mask_stats(getattr(optimizer, "optimizer", optimizer), raw_model)
                 if stats:
-                    alpha = torch.stack([s["alpha"].float() for s in stats.values()])
-                    density = torch.stack([s["mask_density"].float() for s in stats.values()])
-                    a_mean, a_min, a_max, d_mean = torch.stack(
-                        [alpha.mean(), alpha.min(), alpha.max(), density.mean()]
+                    # One host sync for every tensor's statistics.
+                    table = torch.stack(
+                        [torch.stack([s[k].float() for k in STAT_KEYS]) for s in stats.values()]
+                    )
+                    alpha, density, scale = table.unbind(1)
+                    a_mean, a_min, a_max, d_mean, s_mean, s_std, s_min, s_max = torch.stack(
+                        [
+                            alpha.mean(),
+                            alpha.min(),
+                            alpha.max(),
+                            density.mean(),
+                            scale.mean(),
+                            scale.std(correction=0),
+                            scale.min(),
+                            scale.max(),
+                        ]
                     ).tolist()
                     record.update(
                         alpha_mean=a_mean,
                         alpha_min=a_min,
                         alpha_max=a_max,
                         mask_density_mean=d_mean,
+                        step_scale_mean=s_mean,
+                        step_scale_std=s_std,
+                        step_scale_min=s_min,
+                        step_scale_max=s_max,
                     )
+                    state["step_scale_sum"] = state.get("step_scale_sum", 0.0) + s_mean
+                    state["step_scale_records"] = state.get("step_scale_records", 0) + 1
                 metrics.write(record)
                 bar.set_postfix(
                     loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}"
@@ -417,18 +445,14 @@ def train(cfg: DictConfig) -> Path:
                 stats = _mask_stats(getattr(optimizer, "optimizer", optimizer), raw_model)
                 if stats:
                     names = list(stats)
+                    # One host sync for every tensor's statistics.
                     values = torch.stack(
-                        [
-                            torch.stack(
-                                [stats[n]["alpha"].float(), stats[n]["mask_density"].float()]
-                            )
-                            for n in names
-                        ]
+                        [torch.stack([stats[n][k].float() for k in STAT_KEYS]) for n in names]
                     ).tolist()
                     metrics.write_many(
                         [
-                            {"step": step, "param": n, "alpha": a, "mask_density": d}
-                            for n, (a, d) in zip(names, values)
+                            {"step": step, "param": n, **dict(zip(STAT_KEYS, row))}
+                            for n, row in zip(names, values)
                         ],
                         rd.MASK_STATS,
                     )

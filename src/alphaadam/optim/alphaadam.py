@@ -46,12 +46,15 @@ from .masking import (
     foreach_agreement_masks,
     foreach_mask_and_compensate,
     mask_and_compensate,
+    step_scale,
 )
 from .sharding import ReduceSums, local_buckets
 
 __all__ = ["AlphaAdam", "PRESETS", "alphaadam_preset"]
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+# The per-tensor diagnostics of a masked step (mask_statistics), in this order.
+STAT_KEYS = ("alpha", "mask_density", "step_scale")
 
 # The Table 3 ablation family: one class, four settings.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -273,7 +276,13 @@ class AlphaAdam(Optimizer):
     def mask_statistics(
         self, named_parameters: Iterable[tuple[str, Tensor]] | None = None
     ) -> dict[str, dict[str, Tensor]]:
-        """Last step's per-tensor alpha and mask density, as device tensors (no host sync).
+        """Last step's per-tensor alpha, mask density and ``step_scale``, as device tensors
+        (no host sync).
+
+        ``step_scale`` is the multiplier of the scheduled lr that the last update applied to
+        the masked direction: ``alpha * d / (||phi||_0 + 1)`` (``alpha`` alone with
+        ``rescale=False``). A masked optimizer's effective step is this times the lr, which
+        is why masked methods move further than AdamW at the same nominal lr.
 
         Keyed by parameter name when ``named_parameters`` (e.g. ``model.named_parameters()``)
         is given, else by ``"group{i}.param{j}"``. Parameters never stepped, or in a group
@@ -292,7 +301,13 @@ class AlphaAdam(Optimizer):
             for p in group["params"]:
                 state = self.state.get(p, {})
                 if "alpha" in state and p in names:
-                    out[names[p]] = {"alpha": state["alpha"], "mask_density": state["mask_density"]}
+                    out[names[p]] = {
+                        "alpha": state["alpha"],
+                        "mask_density": state["mask_density"],
+                        "step_scale": step_scale(
+                            state["alpha"], state["mask_density"], p.numel(), group["rescale"]
+                        ),
+                    }
         return out
 
     def read_mask_statistics(
@@ -308,18 +323,18 @@ class AlphaAdam(Optimizer):
             by_device.setdefault(stats[n]["alpha"].device, []).append(n)
         values: dict[str, list[float]] = {}
         for device_names in by_device.values():
-            pairs = (
+            rows = (
                 torch.stack(
                     [
-                        torch.stack([stats[n]["alpha"].float(), stats[n]["mask_density"].float()])
+                        torch.stack([stats[n][key].float() for key in STAT_KEYS])
                         for n in device_names
                     ]
                 )
                 .cpu()
                 .tolist()
             )
-            values.update(zip(device_names, pairs))
-        return {n: {"alpha": values[n][0], "mask_density": values[n][1]} for n in names}
+            values.update(zip(device_names, rows))
+        return {n: dict(zip(STAT_KEYS, values[n])) for n in names}
 
 
 def alphaadam_preset(name: str, params, **kwargs) -> AlphaAdam:

@@ -93,6 +93,22 @@ def alpha_from_sums(total_sq: Tensor, kept_sq: Tensor, kind: str, alpha_max: flo
     return ratio.clamp(max=alpha_max)
 
 
+def step_scale(alpha: Tensor, density: Tensor, numel: int, rescale: bool) -> Tensor:
+    """The multiplier of the lr that a masked step applied: ``alpha * d / (nnz + 1)``.
+
+    Rebuilt from a tensor's stored ``alpha`` and ``mask_density`` (``nnz = density * d``,
+    rounded back to the integer count it was computed from), in float64. An empty mask
+    (step 1 of the asynchronous mask, where ``m_0 = 0``) moved nothing, so its effective
+    multiplier is 0, not the formal ``alpha_max * d``.
+    """
+    exact = torch.float32 if alpha.device.type == "mps" else torch.float64
+    nnz = torch.round(density.to(exact) * numel)
+    scale = alpha.to(exact)
+    if rescale:
+        scale = scale * (numel / (nnz + 1))
+    return torch.where(nnz > 0, scale, torch.zeros_like(scale))
+
+
 def agreement_mask(grad: Tensor, reference: Tensor) -> Tensor:
     """``1[g * m > 0]`` as a 0/1 tensor in the dtype of ``grad``."""
     return (grad * reference > 0).to(grad.dtype)
