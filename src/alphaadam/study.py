@@ -369,6 +369,7 @@ def run_slurm(
     """Submit the ready jobs of each (table, method, task, stage) as one Hydra multirun on
     ``hydra/launcher=slurm`` (a job array) and wait; repeat until nothing is ready."""
     failed: list[Job] = []
+    lock = threading.Lock()
     while True:
         ready = [j for j in ready_jobs(studies) if j not in failed]
         if not ready:
@@ -376,7 +377,6 @@ def run_slurm(
         groups: dict[tuple, list[Job]] = {}
         for job in ready:
             groups.setdefault((job.sweep, job.method, job.task, job.stage), []).append(job)
-        lock = threading.Lock()
 
         def submit(group: list[Job]) -> None:
             first = group[0]
