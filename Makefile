@@ -2,7 +2,7 @@ PYTHON ?= python
 # Torch on 2 CPU cores: more threads than cores only adds contention.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install test test-fast lint format bench tables figures
+.PHONY: install test test-fast lint format bench doc-tables tables figures
 
 install:
 	$(PYTHON) -m pip install torch==2.13.0
@@ -25,6 +25,10 @@ format:
 
 bench:
 	$(PYTHON) benchmarks/optimizer_step.py
+
+# The README/docs tables that quote results/benchmarks/*.json, rewritten from those files.
+doc-tables:
+	$(PYTHON) scripts/doc_tables.py
 
 # Paper tables/figures from every run dir under $(RESULTS) (docs/results.md).
 RESULTS ?= results
