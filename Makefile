@@ -2,7 +2,7 @@ PYTHON ?= python
 # Torch on 2 CPU cores: more threads than cores only adds contention.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: run install test test-fast lint format bench doc-tables tables figures
+.PHONY: run install test test-fast lint format bench doc-tables tables figures reproduce-small
 
 # `make run` and `make test` install what they need on their first call and only run after
 # that. The stamp is per interpreter (a new virtualenv installs again), and editing
@@ -54,6 +54,20 @@ tables: $(STAMP)
 
 figures: $(STAMP)
 	$(PYTHON) scripts/make_figures.py --root $(RESULTS) $(FIGURE_ARGS)
+
+# The reduced-scale reproduction (docs/reproduction.md): every run of the reduced Tables 1-3
+# on this machine (resumable: completed runs are skipped, interrupted ones continue), then the
+# tables and figures. TABLES="table3" for some tables, DRY_RUN=1 for the plan alone,
+# STUDY_ARGS="--launcher slurm hydra.launcher.partition=cpu" for SLURM. Reads ../shared/data
+# (ALPHAADAM_DATA=DIR for another place).
+STUDY_STAMP := $(STAMP)-study
+$(STUDY_STAMP): $(STAMP)
+	$(PYTHON) -m pip install -e ".[$(EXTRAS),study]"
+	@touch $@
+
+reproduce-small: $(STUDY_STAMP)
+	$(PYTHON) scripts/reproduce_small.py $(if $(TABLES),--tables $(TABLES)) $(if $(DRY_RUN),--dry-run) $(STUDY_ARGS)
+	$(if $(DRY_RUN),,$(PYTHON) scripts/make_tables.py --root $(RESULTS) && $(PYTHON) scripts/make_figures.py --root $(RESULTS))
 
 # One SLURM sweep per paper result (docs/slurm.md): `make sweep-table1 DRY_RUN=1` prints the
 # jobs without submitting; SWEEP_ARGS takes Hydra overrides (hydra.launcher.partition=gpu ...).

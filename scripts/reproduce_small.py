@@ -36,13 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Hydra override for every job and the study block (repeatable), e.g. a quick "
+        "pipeline check: --override trainer.max_steps=5 --override study.root=/tmp/check",
+    )
+    parser.add_argument(
         "launcher_args", nargs="*", help="hydra.launcher.* overrides for --launcher slurm"
     )
     args = parser.parse_intermixed_args(argv)
     if args.launcher_args and args.launcher != "slurm":
         parser.error(f"launcher overrides {args.launcher_args} need --launcher slurm")
 
-    studies = [Study.load(TABLES[t]) for t in args.tables]
+    studies = [Study.load(TABLES[t], extra=args.override) for t in args.tables]
     print(describe_plan(studies, args.jobs), flush=True)
     if args.dry_run:
         return 0
@@ -50,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.launcher == "slurm":
         failed = run_slurm(studies, progress, args.launcher_args, args.jobs)
     else:
-        root = REPO / studies[0].spec.root
-        failed = run_local(studies, args.jobs, progress, Path(root) / ".logs")
+        root = Path(studies[0].spec.root)
+        root = root if root.is_absolute() else REPO / root
+        failed = run_local(studies, args.jobs, progress, root / ".logs")
     print(describe_plan(studies, args.jobs), flush=True)
     if failed:
         print(f"{len(failed)} run(s) failed:", *[f"  {j.label}" for j in failed], sep="\n")

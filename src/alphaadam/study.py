@@ -27,6 +27,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -80,16 +81,20 @@ class Study:
     sweep: str
     cfg: DictConfig  # the composed config (any job of the sweep)
     repo: Path = REPO
+    # Overrides for every job (and the study block), e.g. a quick end-to-end check with
+    # `trainer.max_steps=5 study.root=/tmp/check`.
+    extra: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, sweep: str, repo: Path = REPO, extra: Iterable[str] = ()) -> Study:
         from hydra import compose, initialize_config_dir
 
+        extra = tuple(extra)
         with initialize_config_dir(str(repo / "configs"), version_base="1.3"):
             cfg = compose("config", overrides=[f"+sweep={sweep}", *extra])
         if "study" not in cfg:
             raise ValueError(f"configs/sweep/{sweep}.yaml has no `study` block")
-        return cls(sweep, cfg, repo)
+        return cls(sweep, cfg, repo, extra)
 
     @property
     def spec(self) -> DictConfig:
@@ -133,6 +138,7 @@ class Study:
             f"seed={seed}",
             *([f"data.task={task}"] if task else []),
             *self.spec.methods[method].overrides,
+            *self.extra,
         ]
         return Job(
             self.sweep,
@@ -290,6 +296,13 @@ def describe_plan(studies: list[Study], jobs: int) -> str:
     return "\n".join(lines)
 
 
+def _pid_file(log_dir: Path, by_sweep: dict[str, Study], job: Job) -> Path:
+    study = by_sweep[job.sweep]
+    root = (study.repo / study.spec.root).resolve()
+    name = str(job.run_dir.resolve().relative_to(root)).replace(os.sep, "__")
+    return log_dir / f"{name}.pid"
+
+
 def _prune_checkpoints(run_dir: Path) -> None:
     # A completed run is never resumed again; its checkpoints (kept for resuming an
     # interrupted run) would only fill the disk and cannot be committed.
@@ -308,26 +321,64 @@ def _job_env(study: Study) -> dict[str, str]:
     }
 
 
+def _alive_elsewhere(pid_file: Path) -> bool:
+    """Whether another study process is running this job now (its train.py is alive)."""
+    try:
+        pid = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    return b"train.py" in cmdline
+
+
 def run_local(studies: list[Study], jobs: int, progress: Progress, log_dir: Path) -> list[Job]:
     """Run every ready job as ``python train.py ...``, ``jobs`` at a time, until none is
-    ready. Returns the jobs that failed (they are not retried in this invocation)."""
+    ready. Returns the jobs that failed (they are not retried in this invocation).
+
+    A job another study process is already running (its pid file names a live train.py) is
+    left to it. SIGINT/SIGTERM stop the running jobs (each writes its final status) and
+    end the study; rerun it to continue them from their checkpoints.
+    """
     by_sweep = {s.sweep: s for s in studies}
     running: dict[subprocess.Popen, tuple[Job, float, Path, Any]] = {}
     failed: list[Job] = []
     log_dir.mkdir(parents=True, exist_ok=True)
+
+    def stop(signum, _frame):
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        for proc in running:
+            proc.wait()
+        progress.print(f"stopped by signal {signum}; rerun to continue from the checkpoints")
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run_local_loop(studies, jobs, progress, log_dir, by_sweep, running, failed)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_local_loop(studies, jobs, progress, log_dir, by_sweep, running, failed) -> list[Job]:
     while True:
         busy = {r[0].run_dir for r in running.values()} | {j.run_dir for j in failed}
-        ready = [j for j in ready_jobs(studies) if j.run_dir not in busy]
+        ready = [
+            j
+            for j in ready_jobs(studies)
+            if j.run_dir not in busy and not _alive_elsewhere(_pid_file(log_dir, by_sweep, j))
+        ]
         while ready and len(running) < jobs:
             job = ready.pop(0)
             study = by_sweep[job.sweep]
-            name = str(job.run_dir.relative_to(study.repo / study.spec.root))
-            log = log_dir / (name.replace(os.sep, "__") + ".log")
+            pid_file = _pid_file(log_dir, by_sweep, job)
+            log = pid_file.with_suffix(".log")
             cmd = [sys.executable, str(study.repo / "train.py"), *job.overrides]
             handle = open(log, "ab")  # noqa: SIM115 - closed when the process ends
             proc = subprocess.Popen(
                 cmd, cwd=study.repo, env=_job_env(study), stdout=handle, stderr=subprocess.STDOUT
             )
+            pid_file.write_text(str(proc.pid))
             running[proc] = (job, time.monotonic(), log, handle)
             progress.print(f"start  {job.label} ({job.stage})")
         if not running:
@@ -342,6 +393,7 @@ def run_local(studies: list[Study], jobs: int, progress: Progress, log_dir: Path
                 time.sleep(1.0)
         job, start, log, handle = running.pop(finished)
         handle.close()
+        _pid_file(log_dir, by_sweep, job).unlink(missing_ok=True)
         minutes = (time.monotonic() - start) / 60
         status, summary = read_status(job.run_dir)
         study = by_sweep[job.sweep]
