@@ -107,6 +107,9 @@ def checkpoint_moves(fused: str, preset: str = "alphaadam") -> None:
             kwargs = dict(fused=fused) if step == 1 else dict(foreach=True)
             opt = AlphaAdam(moved, lr=1e-2, weight_decay=0.1, **kwargs, **PRESETS[preset])
             opt.load_state_dict(torch.load(buf))
+            # The loaded optimizer keeps its own path, not the checkpoint's (fused=None).
+            assert opt.param_groups[0]["fused"] == kwargs.get("fused")
+            assert opt.param_groups[0]["foreach"] == kwargs.get("foreach")
         set_grads(moved, g)
         opt.step()
     assert_same(ref, opt_ref, moved, opt, dtype)

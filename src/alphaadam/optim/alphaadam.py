@@ -53,6 +53,9 @@ from .sharding import ReduceSums, local_buckets
 __all__ = ["AlphaAdam", "PRESETS", "alphaadam_preset"]
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+# Group options that choose a code path, not the math: load_state_dict keeps this
+# optimizer's values rather than the checkpoint's.
+IMPLEMENTATION_KEYS = ("foreach", "fused")
 # The per-tensor diagnostics of a masked step (mask_statistics), in this order.
 STAT_KEYS = ("alpha", "mask_density", "step_scale")
 
@@ -172,7 +175,14 @@ class AlphaAdam(Optimizer):
         return alphaadam_preset(name, params, **kwargs)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Hyper-parameters come from the checkpoint (as in torch), but which code path runs
+        # them stays this optimizer's: every path computes the same step and keeps the same
+        # state, and a run resumed with `optimizer.fused=true` must get the fused step, not
+        # the path the checkpoint was written with.
+        paths = [{key: g[key] for key in IMPLEMENTATION_KEYS} for g in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, path in zip(self.param_groups, paths):
+            group.update(path)
         # torch.optim casts every floating state tensor to its parameter's dtype (rounding the
         # fp32 moments of fp16/bf16 parameters) and leaves ``step`` on the device it was saved
         # from. Rebuild the layout _init_group creates from the checkpoint's own values.
