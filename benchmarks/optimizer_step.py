@@ -122,6 +122,29 @@ for _preset in PRESETS:
         )
 
 
+def _one_pass_factory(path: dict):
+    def factory(ps):
+        return alphaadam_preset(
+            "alphaadam", ps, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, one_pass=True, **path
+        )
+
+    return factory
+
+
+# One-pass AlphaAdam (one_pass=True, an extension; docs/optimizer.md). Its first two steps
+# are exact (the start rule): time it with --warmup 2 or more.
+for _path, _kwargs in (
+    ("cpu", dict(fused="cpu")),
+    ("compile", dict(fused="compile")),
+    ("triton", dict(fused="triton")),
+    ("foreach", dict(foreach=True)),
+    ("single", dict(foreach=False)),
+):
+    variant(
+        f"alphaadam_onepass_{_path}", f"alphaadam_preset('alphaadam', one_pass=True, {_kwargs})"
+    )(_one_pass_factory(_kwargs))
+
+
 def gpt2_small_shapes(scale: float = 1.0) -> dict[str, tuple[int, ...]]:
     """GPT-2 small's parameter shapes (HF naming, Conv1D weights are in x out)."""
     d, vocab, ctx, layers = 768, 50257, 1024, 12

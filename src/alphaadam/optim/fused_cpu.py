@@ -78,6 +78,10 @@ def load_extension() -> ModuleType:
         ) from exc
 
 
+_NO_PREVIOUS = torch.empty(0, dtype=torch.float64)  # every tensor takes the exact step
+_NO_MASK = torch.empty(0, dtype=torch.uint8)
+
+
 def _lr_value(lr: float | Tensor) -> float:
     # A CPU tensor lr (a scheduler's) is read without any device synchronisation.
     return float(lr.item()) if isinstance(lr, Tensor) else float(lr)
@@ -101,6 +105,7 @@ def cpu_alphaadam(
     maximize: bool,
     numels: list[int] | None = None,
     reduce_sums: ReduceSums | None = None,
+    previous_scales: list[Tensor] | None = None,
 ) -> None:
     """Same signature and results as ``alphaadam._single_tensor_alphaadam``."""
     ext = load_extension()
@@ -109,25 +114,34 @@ def cpu_alphaadam(
     densities = [d for _, d in stats] if cfg.active else []
     mask_kind = MASK_KINDS[cfg.mask]
     alpha_kind = ALPHA_KINDS[cfg.alpha]
+    # One-pass: each tensor's previous multiplier (0: take the exact step), read in C++.
+    previous = _NO_PREVIOUS
+    if previous_scales is not None and cfg.active:
+        previous = torch.stack(previous_scales).to(torch.float64)
     if reduce_sums is None or not cfg.active:
         # Whole tensors (or mask="none", which needs no sums): one call for everything.
         ext.step(
-            params, grads, exp_avgs, exp_avg_sqs, steps, alphas, densities,
+            params, grads, exp_avgs, exp_avg_sqs, steps, alphas, densities, previous,
             lr_value, beta1, beta2, eps, weight_decay, bias_correction, maximize,
             mask_kind, alpha_kind, float(cfg.alpha_max), cfg.rescale,
         )  # fmt: skip
         return
-    # Local shards: pass 1 for all, one all_reduce of the [n, 3] sums, pass 2 for all.
-    masks = [torch.empty(g.numel(), dtype=torch.uint8) for g in grads]
+    # Local shards: pass 1 for all, one all_reduce of the [n, 3] sums, pass 2 for all (for the
+    # tensors that took a one-pass update in pass 1, only their alpha and density).
+    reuses = previous.gt(0).tolist() if previous.numel() else [False] * len(grads)
+    masks = [
+        _NO_MASK if reuse else torch.empty(g.numel(), dtype=torch.uint8)
+        for g, reuse in zip(grads, reuses)
+    ]
     sums = ext.moments_and_sums(
-        grads, exp_avgs, exp_avg_sqs, steps, masks,
-        beta1, beta2, eps, bias_correction, maximize, mask_kind,
+        params, grads, exp_avgs, exp_avg_sqs, steps, masks, previous,
+        lr_value, beta1, beta2, eps, weight_decay, bias_correction, maximize, mask_kind,
     )  # fmt: skip
     sums = reduce_sums(sums).to(torch.float64).contiguous()
     if numels is None:
         numels = [p.numel() for p in params]
     ext.apply_from_sums(
         params, exp_avgs, exp_avg_sqs, steps, masks, sums, list(numels), alphas, densities,
-        lr_value, beta1, beta2, eps, weight_decay, bias_correction,
+        previous, lr_value, beta1, beta2, eps, weight_decay, bias_correction,
         alpha_kind, float(cfg.alpha_max), cfg.rescale,
     )  # fmt: skip
