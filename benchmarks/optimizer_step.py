@@ -7,8 +7,16 @@ which drives the per-tensor overheads of a foreach optimizer, stays the same).
 Every variant steps the same parameters and gradients. Variants are measured side by side:
 each repeat builds every variant's optimizer afresh (in a rotated order, so slow drifts of a
 shared machine spread over all variants), runs ``--warmup`` untimed steps (the first one
-allocates the state) and then ``--steps`` timed steps. The reported time is the median over
-all timed steps of all repeats; ratios are medians over medians.
+allocates the state) and then ``--steps`` timed steps.
+
+Paired steps (``--pair-with``, torch's fused AdamW by default): alongside each variant a
+fresh baseline optimizer steps the same parameters, alternating with it step by step (who
+goes first alternates too), so each of the variant's timed steps has a baseline step timed
+next to it, under the same machine load. A shared machine's load comes in phases that
+move both steps of a pair together; the per-pair ratios cancel them. Reported per variant:
+the median, 90th percentile, min and max step time over all timed steps of all repeats,
+and the median, 90th percentile, min and max of its per-pair ratios to the baseline. The
+older ``x_torch_*`` columns are ratios of medians (unpaired).
 
 Memory, measured once per variant on a steady-state (not the first) step:
 
@@ -122,6 +130,29 @@ for _preset in PRESETS:
         )
 
 
+def _one_pass_factory(path: dict):
+    def factory(ps):
+        return alphaadam_preset(
+            "alphaadam", ps, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, one_pass=True, **path
+        )
+
+    return factory
+
+
+# One-pass AlphaAdam (one_pass=True, an extension; docs/optimizer.md). Its first two steps
+# are exact (the start rule): time it with --warmup 2 or more.
+for _path, _kwargs in (
+    ("cpu", dict(fused="cpu")),
+    ("compile", dict(fused="compile")),
+    ("triton", dict(fused="triton")),
+    ("foreach", dict(foreach=True)),
+    ("single", dict(foreach=False)),
+):
+    variant(
+        f"alphaadam_onepass_{_path}", f"alphaadam_preset('alphaadam', one_pass=True, {_kwargs})"
+    )(_one_pass_factory(_kwargs))
+
+
 def gpt2_small_shapes(scale: float = 1.0) -> dict[str, tuple[int, ...]]:
     """GPT-2 small's parameter shapes (HF naming, Conv1D weights are in x out)."""
     d, vocab, ctx, layers = 768, 50257, 1024, 12
@@ -199,6 +230,32 @@ def step_peak_bytes(opt: Optimizer, device: torch.device) -> int:
     return peak
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0-100), linear between order statistics (numpy's default)."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def spread(values: list[float], scale: float = 1.0) -> dict[str, float]:
+    """Median, 90th percentile, min and max of ``values``, each times ``scale``."""
+    return {
+        "median": scale * statistics.median(values),
+        "p90": scale * percentile(values, 90),
+        "min": scale * min(values),
+        "max": scale * max(values),
+    }
+
+
+def timed_step(opt: Optimizer, device: torch.device) -> float:
+    start = time.perf_counter()
+    opt.step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
 def run(args) -> dict:
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -214,7 +271,7 @@ def run(args) -> dict:
         if not (n.endswith("_triton") and device.type != "cuda")
         and not (n.endswith("_cpu") and device.type != "cpu")
     ]
-    unknown = [n for n in names if n not in VARIANTS]
+    unknown = [n for n in names + [args.pair_with] if n and n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; valid choices are {', '.join(VARIANTS)}")
     shapes = gpt2_small_shapes(args.scale)
@@ -227,19 +284,31 @@ def run(args) -> dict:
     )
 
     times: dict[str, list[float]] = {n: [] for n in names}
+    pair_ratios: dict[str, list[float]] = {n: [] for n in names}
     memory: dict[str, dict[str, float]] = {}
     for r in range(args.repeats):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             opt = VARIANTS[name].factory(params)
+            base = None
+            if args.pair_with and name != args.pair_with:
+                base = VARIANTS[args.pair_with].factory(params)
             for _ in range(args.warmup):
                 opt.step()
+                if base is not None:
+                    base.step()
             synchronize(device)
-            for _ in range(args.steps):
-                start = time.perf_counter()
-                opt.step()
-                synchronize(device)
-                times[name].append(time.perf_counter() - start)
+            for s in range(args.steps):
+                if base is None:
+                    times[name].append(timed_step(opt, device))
+                    continue
+                if s % 2 == 0:
+                    t, t_base = timed_step(opt, device), timed_step(base, device)
+                else:
+                    t_base, t = timed_step(base, device), timed_step(opt, device)
+                times[name].append(t)
+                pair_ratios[name].append(t / t_base)
+            del base
             if name not in memory:
                 memory[name] = {
                     "state_mib": state_bytes(opt) / 2**20,
@@ -258,13 +327,17 @@ def run(args) -> dict:
     medians = {n: statistics.median(t) for n, t in times.items()}
     rows = []
     for name in names:
+        ms = spread(times[name], 1e3)
+        ratios = spread(pair_ratios[name]) if pair_ratios[name] else None
+        if name == args.pair_with:
+            ratios = spread([1.0])
         row = {
             "variant": name,
             "description": VARIANTS[name].description,
-            "median_ms": 1e3 * medians[name],
-            "min_ms": 1e3 * min(times[name]),
-            "max_ms": 1e3 * max(times[name]),
+            **{f"{k}_ms": v for k, v in ms.items()},
             "n_timed_steps": len(times[name]),
+            "paired_with": args.pair_with,
+            **{f"x_paired_{k}": (ratios or {}).get(k) for k in ("median", "p90", "min", "max")},
             **memory[name],
         }
         for key, base in (("x_torch_foreach", BASELINE_FOREACH), ("x_torch_fused", BASELINE_FUSED)):
@@ -288,6 +361,7 @@ def run(args) -> dict:
         "steps": args.steps,
         "warmup": args.warmup,
         "repeats": args.repeats,
+        "pair_with": args.pair_with,
         "hyperparameters": {"lr": LR, "betas": BETAS, "weight_decay": WEIGHT_DECAY},
         "results": rows,
     }
@@ -307,7 +381,12 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()})"
 
 
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
 def markdown(report: dict) -> str:
+    pair = report.get("pair_with")
     lines = [
         f"# Optimizer step: {report['n_params'] / 1e6:.1f}M parameters in {report['n_tensors']} "
         f"tensors (GPT-2 small shapes, scale {report['scale']:g}, "
@@ -315,26 +394,34 @@ def markdown(report: dict) -> str:
         "",
         f"{report['device']}, torch {report['torch']}, triton {report.get('triton')}, "
         f"{report['torch_threads']} threads of "
-        f"{report['cpu_count']} CPUs, {report['date']}; median of "
-        f"{report['repeats']} x {report['steps']} timed steps after {report['warmup']} warm-up.",
+        f"{report['cpu_count']} CPUs, {report['date']}; "
+        f"{report['repeats']} x {report['steps']} timed steps per variant after "
+        f"{report['warmup']} warm-up" + (f", each paired with a step of {pair}." if pair else "."),
         f"Load average at the end: {report['load_average_at_end']}.",
         "",
         f"Command: `{report['command']}`",
         "",
-        "| variant | median ms/step | min ms | × torch foreach | × torch fused "
-        "| state MiB | step peak MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| variant | median ms/step | p90 ms | min–max ms "
+        + (f"| × {pair}, paired: median | p90 | min–max " if pair else "")
+        + "| × torch foreach (medians) | state MiB | step peak MiB |",
+        "|---|---:|---:|---:|" + ("---:|---:|---:|" if pair else "") + "---:|---:|---:|",
     ]
     for r in report["results"]:
-        ratio = [
-            f"{r[k]:.2f}" if r[k] is not None else "—" for k in ("x_torch_foreach", "x_torch_fused")
-        ]
+        paired = ""
+        if pair:
+            paired = (
+                f"| {_ratio(r['x_paired_median'])} | {_ratio(r['x_paired_p90'])} "
+                f"| {_ratio(r['x_paired_min'])}–{_ratio(r['x_paired_max'])} "
+            )
         lines.append(
-            f"| {r['variant']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {ratio[0]} | {ratio[1]} "
+            f"| {r['variant']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} "
+            f"| {r['min_ms']:.1f}–{r['max_ms']:.1f} {paired}| {_ratio(r['x_torch_foreach'])} "
             f"| {r['state_mib']:.1f} | {r['step_peak_mib']:.1f} |"
         )
     lines += [
         "",
+        "Paired: each timed step of a variant has a step of the baseline timed next to it "
+        "(alternating which goes first); the ratio columns summarise those per-pair ratios. "
         "state MiB: the optimizer's persistent state. step peak MiB: extra bytes live during "
         "one steady-state step (CUDA: max_memory_allocated; CPU: torch.profiler allocation "
         "events, see benchmarks/optimizer_step.py).",
@@ -351,6 +438,10 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--variants", nargs="*", help=f"subset of: {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--pair-with", default=BASELINE_FUSED, type=lambda v: None if v == "none" else v,
+        help="baseline variant timed step by step next to every variant ('none': unpaired)",
+    )  # fmt: skip
     parser.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
         help="parameter and gradient dtype (AlphaAdam keeps fp32 state for half precision)",

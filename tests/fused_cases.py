@@ -22,6 +22,15 @@ OPTION_SETS = {
     ),
     "sync_ratio_alphamax3": dict(mask="sync", alpha="ratio", alpha_max=3.0, weight_decay=0.0),
 }
+# One-pass AlphaAdam: async steps 1-2 are exact (start rule), so more steps than STEPS.
+ONE_PASS_STEPS = 6
+ONE_PASS_SETS = {
+    "one_pass": dict(one_pass=True),
+    "one_pass_sync_sqrt_maximize": dict(
+        one_pass=True, mask="sync", alpha="sqrt_ratio", alpha_max=1.5, maximize=True
+    ),
+    "one_pass_norescale_nobc": dict(one_pass=True, rescale=False, bias_correction=False),
+}
 
 
 def make_params(dtype: torch.dtype, seed: int = 0, shapes=SHAPES) -> list[torch.Tensor]:
@@ -106,15 +115,15 @@ def assert_same(params_a, opt_a, params_b, opt_b, dtype) -> None:
             )
 
 
-def lockstep(fused: str, dtype: torch.dtype, kwargs: dict, lr=1e-2) -> None:
-    """Reference (single-tensor) vs fused over STEPS steps with identical gradients."""
+def lockstep(fused: str, dtype: torch.dtype, kwargs: dict, lr=1e-2, steps=STEPS) -> None:
+    """Reference (single-tensor) vs fused over ``steps`` steps with identical gradients."""
     params = make_params(dtype)
     ref, fus = clone(params), clone(params)
     opts = dict(lr=lr, weight_decay=0.1)
     opts.update(kwargs)
     opt_ref = AlphaAdam(ref, foreach=False, **opts)
     opt_fus = AlphaAdam(fus, fused=fused, **opts)
-    for grads in grad_sequence(params, STEPS):
+    for grads in grad_sequence(params, steps):
         set_grads(ref, grads)
         set_grads(fus, grads)
         opt_ref.step()
@@ -122,27 +131,32 @@ def lockstep(fused: str, dtype: torch.dtype, kwargs: dict, lr=1e-2) -> None:
         assert_same(ref, opt_ref, fus, opt_fus, dtype)
 
 
-def checkpoint_moves(fused: str, preset: str = "alphaadam") -> None:
-    """Two reference steps, checkpoint into the fused path (and back), equal to 4 reference."""
+def checkpoint_moves(fused: str, preset: str = "alphaadam", **options) -> None:
+    """Reference steps, checkpoint into the fused path (and on to foreach), equal to the
+    reference steps throughout (6 steps; the moves come after steps 2 and 4)."""
     dtype = torch.float32
     params = make_params(dtype)
-    grads = grad_sequence(params, 4)
+    grads = grad_sequence(params, 6)
+    settings = dict(lr=1e-2, weight_decay=0.1, **PRESETS[preset], **options)
     ref = clone(params)
-    opt_ref = AlphaAdam(ref, lr=1e-2, weight_decay=0.1, foreach=False, **PRESETS[preset])
+    opt_ref = AlphaAdam(ref, foreach=False, **settings)
     for g in grads:
         set_grads(ref, g)
         opt_ref.step()
 
     moved = clone(params)
-    opt = AlphaAdam(moved, lr=1e-2, weight_decay=0.1, foreach=False, **PRESETS[preset])
+    opt = AlphaAdam(moved, foreach=False, **settings)
     for step, g in enumerate(grads):
-        if step in (1, 3):  # reference -> fused after step 1, fused -> foreach after step 3
+        if step in (2, 4):  # reference -> fused after step 2, fused -> foreach after step 4
             buf = io.BytesIO()
             torch.save(opt.state_dict(), buf)
             buf.seek(0)
-            kwargs = dict(fused=fused) if step == 1 else dict(foreach=True)
-            opt = AlphaAdam(moved, lr=1e-2, weight_decay=0.1, **kwargs, **PRESETS[preset])
+            kwargs = dict(fused=fused) if step == 2 else dict(foreach=True)
+            opt = AlphaAdam(moved, **kwargs, **settings)
             opt.load_state_dict(torch.load(buf))
+            # The loaded optimizer keeps its own path, not the checkpoint's (fused=None).
+            assert opt.param_groups[0]["fused"] == kwargs.get("fused")
+            assert opt.param_groups[0]["foreach"] == kwargs.get("foreach")
         set_grads(moved, g)
         opt.step()
     assert_same(ref, opt_ref, moved, opt, dtype)

@@ -66,6 +66,39 @@ def test_name_suffixes_the_output_files(bench, tmp_path):
     ]
 
 
+def test_paired_steps_report_median_p90_and_spread(bench, tmp_path):
+    variants = ["torch_adamw_fused", "alphaadam_cpu", "alphaadam_onepass_single"]
+    bench.main(
+        ["--scale", "0.002", "--steps", "3", "--warmup", "2", "--repeats", "2"]
+        + ["--variants", *variants, "--out", str(tmp_path), "--name", "paired"]
+    )
+    report = json.loads((tmp_path / "optimizer_step_cpu_scale0.002_paired.json").read_text())
+    assert report["pair_with"] == "torch_adamw_fused"
+    rows = {r["variant"]: r for r in report["results"]}
+    for row in rows.values():
+        assert row["n_timed_steps"] == 6
+        assert row["min_ms"] <= row["median_ms"] <= row["p90_ms"] <= row["max_ms"]
+        assert row["x_paired_min"] <= row["x_paired_median"] <= row["x_paired_p90"]
+        assert row["x_paired_p90"] <= row["x_paired_max"]
+    assert rows["torch_adamw_fused"]["x_paired_p90"] == 1.0
+    table = (tmp_path / "optimizer_step_cpu_scale0.002_paired.md").read_text()
+    assert "paired: median | p90 | min–max" in table and "| alphaadam_onepass_single |" in table
+
+
+def test_percentile_interpolates_like_numpy(bench):
+    values = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0]
+    # By hand: sorted 1 2 3 4 5 10; position 0.9 * 5 = 4.5 -> halfway between 5 and 10.
+    assert bench.percentile(values, 90) == 7.5
+    assert bench.percentile(values, 50) == 3.5
+    assert bench.percentile([2.0], 90) == 2.0
+    assert bench.spread([1.0, 3.0, 2.0], 10.0) == {
+        "median": 20.0,
+        "p90": 28.0,
+        "min": 10.0,
+        "max": 30.0,
+    }
+
+
 def test_unknown_variant_is_rejected(bench, tmp_path):
     with pytest.raises(SystemExit, match="nope.*valid choices"):
         bench.main(["--scale", "0.001", "--variants", "nope", "--out", str(tmp_path)])

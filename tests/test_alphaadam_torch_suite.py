@@ -80,6 +80,21 @@ def test_state_dict_round_trip_then_lockstep(preset, foreach, dtype):
             assert torch.equal(p, q)
 
 
+def test_loading_a_checkpoint_keeps_the_code_path_of_the_loading_optimizer():
+    # A run resumed with `optimizer.fused=true` (or foreach) must run that path, while the
+    # hyper-parameters come from the checkpoint as in torch.
+    params = make_params()
+    opt = AlphaAdam(params, lr=1e-2, foreach=False)
+    set_grads(params, grad_sequence(params, 1)[0])
+    opt.step()
+    for path in (dict(fused="cpu"), dict(fused="compile"), dict(foreach=True)):
+        resumed = AlphaAdam(clone_params(params), lr=123.0, **path)
+        resumed.load_state_dict(opt.state_dict())
+        group = resumed.param_groups[0]
+        assert group["lr"] == 1e-2
+        assert (group["fused"], group["foreach"]) == (path.get("fused"), path.get("foreach"))
+
+
 @FOREACH
 def test_deepcopy_steps_identically(foreach):
     params = make_params()

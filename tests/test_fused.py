@@ -18,6 +18,8 @@ import torch
 from alphaadam import PRESETS, AlphaAdam
 from alphaadam.optim.fused import select_fused_impl
 from fused_cases import (
+    ONE_PASS_SETS,
+    ONE_PASS_STEPS,
     OPTION_SETS,
     checkpoint_moves,
     grad_sequence,
@@ -65,21 +67,51 @@ def test_compile_checkpoint_moves_between_paths():
 
 
 @pytest.mark.slow
-def test_compile_scheduler_changing_lr_does_not_recompile():
+@pytest.mark.parametrize("options", list(ONE_PASS_SETS))
+def test_compile_one_pass_option_sets(options):
+    lockstep("compile", torch.float32, ONE_PASS_SETS[options], steps=ONE_PASS_STEPS)
+
+
+@pytest.mark.slow
+def test_compile_one_pass_bf16_params():
+    lockstep("compile", torch.bfloat16, ONE_PASS_SETS["one_pass"], steps=ONE_PASS_STEPS)
+
+
+@pytest.mark.slow
+def test_compile_one_pass_checkpoint_moves_between_paths():
+    checkpoint_moves("compile", one_pass=True)
+
+
+@pytest.mark.slow
+def test_compile_one_pass_without_host_reads_takes_the_same_steps(monkeypatch):
+    # On an accelerator the compiled one-pass step does not read which tensors take the
+    # exact step: pass 2 runs for every tensor, a no-op (chosen on the device) for those
+    # already updated. Forced on CPU tensors, that branch must give the same steps.
+    import alphaadam.optim.fused_compile as module
+
+    monkeypatch.setattr(module, "_flags_readable_on_host", lambda params: False)
+    lockstep("compile", torch.float32, ONE_PASS_SETS["one_pass"], steps=ONE_PASS_STEPS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one_pass"])
+def test_compile_scheduler_changing_lr_does_not_recompile(one_pass):
     params = make_params(torch.float32)
     lr = torch.tensor(1e-2)
-    opt = AlphaAdam(params, lr=lr, fused="compile")
+    opt = AlphaAdam(params, lr=lr, fused="compile", one_pass=one_pass)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-    grads = grad_sequence(params, 4)
-    set_grads(params, grads[0])
-    opt.step()  # warm-up: compiles
-    sched.step()
+    grads = grad_sequence(params, 5)
+    # Warm-up: compiles (one-pass: step 2 is its exact step, step 3 its first one-pass).
+    for g in grads[: 3 if one_pass else 1]:
+        set_grads(params, g)
+        opt.step()
+        sched.step()
     with torch._dynamo.config.patch(error_on_recompile=True):
-        for g in grads[1:]:
+        for g in grads[3 if one_pass else 1 :]:
             set_grads(params, g)
             opt.step()
             sched.step()
-    assert opt.param_groups[0]["lr"].item() == pytest.approx(1e-2 / 16)
+    assert opt.param_groups[0]["lr"].item() == pytest.approx(1e-2 / 32)
 
 
 # ------------------------------------------------------------------ Triton (interpreter)

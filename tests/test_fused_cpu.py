@@ -18,6 +18,8 @@ import torch
 from alphaadam import PRESETS, AlphaAdam
 from alphaadam.optim.fused_cpu import load_extension
 from fused_cases import (
+    ONE_PASS_SETS,
+    ONE_PASS_STEPS,
     OPTION_SETS,
     assert_same,
     checkpoint_moves,
@@ -61,6 +63,22 @@ def test_checkpoint_moves_between_paths():
     checkpoint_moves("cpu")
 
 
+@pytest.mark.parametrize("options", list(ONE_PASS_SETS))
+def test_one_pass_option_sets(options):
+    lockstep("cpu", torch.float32, ONE_PASS_SETS[options], steps=ONE_PASS_STEPS)
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.bfloat16, torch.float16, torch.float64], ids=["bf16", "fp16", "fp64"]
+)
+def test_one_pass_other_param_dtypes(dtype):
+    lockstep("cpu", dtype, ONE_PASS_SETS["one_pass"], steps=ONE_PASS_STEPS)
+
+
+def test_one_pass_checkpoint_moves_between_paths():
+    checkpoint_moves("cpu", one_pass=True)
+
+
 def _run(params, grads, threads: int, **kwargs):
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -74,15 +92,16 @@ def _run(params, grads, threads: int, **kwargs):
     return opt
 
 
-def test_multi_block_tensors_match_reference_and_ignore_thread_count():
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one_pass"])
+def test_multi_block_tensors_match_reference_and_ignore_thread_count(one_pass):
     # 300 x 700 = 210,000 elements: four parallel blocks of 65,536, the last one partial.
     shapes = [(300, 700), (65536,), (65537,), (5,)]
     params = make_params(torch.float32, shapes=shapes)
     grads = grad_sequence(params, 4)
     ref, one, two = clone(params), clone(params), clone(params)
-    opt_ref = _run(ref, grads, 1, foreach=False)
-    opt_one = _run(one, grads, 1, fused="cpu")
-    opt_two = _run(two, grads, 2, fused="cpu")
+    opt_ref = _run(ref, grads, 1, foreach=False, one_pass=one_pass)
+    opt_one = _run(one, grads, 1, fused="cpu", one_pass=one_pass)
+    opt_two = _run(two, grads, 2, fused="cpu", one_pass=one_pass)
     assert_same(ref, opt_ref, one, opt_one, torch.float32)
     # Sums are added per fixed block in a fixed order: bit-identical under any thread count.
     for a, b in zip(one, two):
@@ -141,7 +160,9 @@ def test_missing_compiler_says_what_is_needed(tmp_path):
     assert "fused='compile' or fused=False" in proc.stderr
 
 
-@pytest.mark.parametrize("name", ["alphaadam", "adamw_sm", "adamw_am", "cadamw"])
+@pytest.mark.parametrize(
+    "name", ["alphaadam", "adamw_sm", "adamw_am", "cadamw", "alphaadam_onepass"]
+)
 def test_optimizer_fused_override_reaches_the_c_plus_plus_step(name):
     # `python train.py optimizer=<name> optimizer.fused=true`: Hydra refuses an override of a
     # key the config lacks, and the trainer passes the optimizer config to the registry.
@@ -159,3 +180,18 @@ def test_optimizer_fused_override_reaches_the_c_plus_plus_step(name):
     for group in opt.param_groups:
         impl = select_fused_impl(group["fused"], group["foreach"], group["params"])
         assert impl is cpu_alphaadam, (name, group["fused"])
+
+
+def test_extension_name_changes_with_the_source(tmp_path, monkeypatch):
+    # Two versions of the kernel never share a build directory in the extensions cache.
+    from alphaadam.optim import fused_cpu
+
+    source = tmp_path / "k.cpp"
+    source.write_text("int a;")
+    monkeypatch.setattr(fused_cpu, "SOURCE", source)
+    first = fused_cpu.extension_name("AVX2", ["-O3"])
+    assert first == fused_cpu.extension_name("AVX2", ["-O3"])
+    assert first.startswith("alphaadam_cpu_avx2_")
+    source.write_text("int b;")
+    assert fused_cpu.extension_name("AVX2", ["-O3"]) != first
+    assert fused_cpu.extension_name("AVX2", ["-O2"]) != fused_cpu.extension_name("AVX2", ["-O3"])

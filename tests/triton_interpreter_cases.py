@@ -14,7 +14,16 @@ import pytest
 import torch
 
 from alphaadam import PRESETS, AlphaAdam
-from fused_cases import OPTION_SETS, checkpoint_moves, lockstep, make_params
+from fused_cases import (
+    ONE_PASS_SETS,
+    ONE_PASS_STEPS,
+    OPTION_SETS,
+    checkpoint_moves,
+    grad_sequence,
+    lockstep,
+    make_params,
+    set_grads,
+)
 
 if os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("needs TRITON_INTERPRET=1 before triton is imported", allow_module_level=True)
@@ -41,6 +50,36 @@ def test_tensor_lr():
 
 def test_checkpoint_moves_between_paths():
     checkpoint_moves("triton")
+
+
+@pytest.mark.parametrize("options", list(ONE_PASS_SETS))
+def test_one_pass_option_sets(options):
+    lockstep("triton", torch.float32, ONE_PASS_SETS[options], steps=ONE_PASS_STEPS)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_one_pass_low_precision_params(dtype):
+    lockstep("triton", dtype, ONE_PASS_SETS["one_pass"], steps=ONE_PASS_STEPS)
+
+
+def test_one_pass_checkpoint_moves_between_paths():
+    checkpoint_moves("triton", one_pass=True)
+
+
+def test_one_pass_async_steps_one_and_two_are_the_exact_steps():
+    # Step 1's asynchronous mask is empty: step 2 takes the exact step, bit for bit the
+    # exact kernels' result; step 3 applies step 2's multiplier.
+    params = make_params(torch.float32)
+    one = [p.detach().clone().requires_grad_() for p in params]
+    opt_one = AlphaAdam(one, lr=1e-2, weight_decay=0.1, fused="triton", one_pass=True)
+    opt_exact = AlphaAdam(params, lr=1e-2, weight_decay=0.1, fused="triton")
+    for step, grads in enumerate(grad_sequence(params, 3), start=1):
+        set_grads(one, grads)
+        set_grads(params, grads)
+        opt_one.step()
+        opt_exact.step()
+        same = [torch.equal(a, b) for a, b in zip(one, params)]
+        assert all(same) if step <= 2 else not all(same), step
 
 
 def test_float64_and_non_contiguous_are_refused_with_the_alternatives():

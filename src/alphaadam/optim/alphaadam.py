@@ -22,11 +22,20 @@ Choices the paper leaves open, and what this implementation does (docs/optimizer
 * Weight decay is decoupled (AdamW) and acts on every coordinate, masked or not.
 * Alpha is per parameter tensor.
 
+``one_pass=True`` is an extension, not the paper's algorithm (docs/optimizer.md): a tensor's
+update uses its *previous* step's alpha and mask count, ``theta -= lr * alpha_{t-1} *
+d/(nnz_{t-1}+1) * phi_t * u_t``, so the fused step needs one pass over memory instead of two;
+the pass also computes this step's sums, stored for the next step. A tensor takes the exact
+step whenever its previous statistics are unusable: at its first step and after a step whose
+mask was empty (``nnz_{t-1} = 0``; every asynchronous step 1 is, since ``h_0 = 0``, and its
+count would scale the step by ``d/1``).
+
 State per parameter (identical for the single-tensor and foreach paths, so a checkpoint
 moves between them): ``step`` (0-d float32), ``exp_avg`` and ``exp_avg_sq`` (float32 for
 fp16/bf16 parameters, else the parameter's dtype), and, when a mask is active, the last
-step's ``alpha`` and ``mask_density`` (0-d tensors, kept on the device). ``load_state_dict``
-keeps this layout (torch's default would cast fp32 moments to a half parameter's dtype).
+step's ``alpha`` and ``mask_density`` (0-d tensors, kept on the device; the density starts at
+0, no mask counted yet), and with ``one_pass`` the ``step_scale`` the last update applied.
+``load_state_dict`` keeps this layout (torch's default would cast fp32 moments to a half parameter's dtype).
 """
 
 from __future__ import annotations
@@ -53,6 +62,9 @@ from .sharding import ReduceSums, local_buckets
 __all__ = ["AlphaAdam", "PRESETS", "alphaadam_preset"]
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+# Group options that choose a code path, not the math: load_state_dict keeps this
+# optimizer's values rather than the checkpoint's.
+IMPLEMENTATION_KEYS = ("foreach", "fused")
 # The per-tensor diagnostics of a masked step (mask_statistics), in this order.
 STAT_KEYS = ("alpha", "mask_density", "step_scale")
 
@@ -91,6 +103,55 @@ def _bias_corrections(
     return bc1.to(dtype), bc2_sqrt.to(dtype)
 
 
+def _stats_by_device(
+    stats: list[tuple[Tensor | None, Tensor | None]], numels: list[int]
+) -> list[tuple[list[int], Tensor, Tensor, Tensor]]:
+    """Per device: the tensors' indices, their stacked alpha and density, and element counts."""
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (alpha, _) in enumerate(stats):
+        by_device.setdefault(alpha.device, []).append(i)
+    out = []
+    for device, idx in by_device.items():
+        alphas = torch.stack([stats[i][0] for i in idx])
+        densities = torch.stack([stats[i][1] for i in idx])
+        counts = torch.tensor([numels[i] for i in idx], dtype=torch.float64)
+        out.append((idx, alphas, densities, counts.to(device, non_blocking=True)))
+    return out
+
+
+def _previous_step_scales(
+    stats: list[tuple[Tensor | None, Tensor | None]], numels: list[int], rescale: bool
+) -> list[Tensor]:
+    """One-pass: per tensor, the multiplier of the lr its previous step's statistics give.
+
+    ``alpha_{t-1} * d / (nnz_{t-1} + 1)`` as a 0-d tensor on the tensor's device, and 0 where
+    the statistics are unusable (no step yet, or an empty previous mask), which tells every
+    path to take the exact step. Read from the stored alpha and density before the step
+    overwrites them; no host sync.
+    """
+    previous: list[Tensor | None] = [None] * len(stats)
+    for idx, alphas, densities, counts in _stats_by_device(stats, numels):
+        for i, scale in zip(idx, step_scale(alphas, densities, counts, rescale).unbind(0)):
+            previous[i] = scale
+    return previous  # type: ignore[return-value]
+
+
+def _record_applied_scales(
+    stats: list[tuple[Tensor | None, Tensor | None]],
+    numels: list[int],
+    rescale: bool,
+    previous: list[Tensor],
+    applied_out: list[Tensor],
+) -> None:
+    """One-pass: store the multiplier each update applied: the previous step's where it was
+    usable, else (the exact step) this step's, rebuilt from the new alpha and density."""
+    for idx, alphas, densities, counts in _stats_by_device(stats, numels):
+        exact = step_scale(alphas, densities, counts, rescale)
+        prev = torch.stack([previous[i] for i in idx])
+        applied = torch.where(prev > 0, prev, exact)
+        torch._foreach_copy_([applied_out[i] for i in idx], list(applied.unbind(0)))
+
+
 class AlphaAdam(Optimizer):
     """AlphaAdam, usable wherever ``torch.optim.AdamW`` is.
 
@@ -106,8 +167,10 @@ class AlphaAdam(Optimizer):
         rescale: apply Algorithm 1's ``d / (||phi||_0 + 1)`` step rescale (default True).
         bias_correction: Adam bias correction of both moments (default True).
         maximize: maximise the objective instead.
+        one_pass: apply the previous step's alpha and mask count (an extension beyond the
+            paper; see the module docstring), so the fused step is one pass (default False).
         foreach: use the multi-tensor path; ``None`` picks it for CUDA parameters.
-        fused: the two-pass fused step (docs/fused.md): ``True`` picks Triton kernels for CUDA
+        fused: the fused step (docs/fused.md): ``True`` picks Triton kernels for CUDA
             parameters and a C++ step (built on first use) for CPU ones; ``"triton"``,
             ``"cpu"`` or ``"compile"`` (``torch.compile``, any device) force one. ``None``
             uses Triton where it runs natively (CUDA with triton installed, unless
@@ -128,6 +191,7 @@ class AlphaAdam(Optimizer):
         rescale: bool = True,
         bias_correction: bool = True,
         maximize: bool = False,
+        one_pass: bool = False,
         foreach: bool | None = None,
         fused: bool | str | None = None,
     ) -> None:
@@ -155,6 +219,7 @@ class AlphaAdam(Optimizer):
             rescale=rescale,
             bias_correction=bias_correction,
             maximize=maximize,
+            one_pass=one_pass,
             foreach=foreach,
             fused=fused,
         )
@@ -163,7 +228,12 @@ class AlphaAdam(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         # Per-group overrides of the mask options are validated like the constructor's,
         # before the group is added (the constructor's groups come through here too).
-        MaskConfig.from_group({**self.defaults, **param_group})
+        group = {**self.defaults, **param_group}
+        MaskConfig.from_group(group)
+        if not isinstance(group["one_pass"], bool):
+            raise ValueError(
+                f"Invalid one_pass={group['one_pass']!r}; valid choices are True, False"
+            )
         super().add_param_group(param_group)
 
     @classmethod
@@ -172,7 +242,14 @@ class AlphaAdam(Optimizer):
         return alphaadam_preset(name, params, **kwargs)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Hyper-parameters come from the checkpoint (as in torch), but which code path runs
+        # them stays this optimizer's: every path computes the same step and keeps the same
+        # state, and a run resumed with `optimizer.fused=true` must get the fused step, not
+        # the path the checkpoint was written with.
+        paths = [{key: g[key] for key in IMPLEMENTATION_KEYS} for g in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, path in zip(self.param_groups, paths):
+            group.update(path)
         # torch.optim casts every floating state tensor to its parameter's dtype (rounding the
         # fp32 moments of fp16/bf16 parameters) and leaves ``step`` on the device it was saved
         # from. Rebuild the layout _init_group creates from the checkpoint's own values.
@@ -193,6 +270,7 @@ class AlphaAdam(Optimizer):
             group.setdefault("foreach", None)
             group.setdefault("fused", None)
             group.setdefault("maximize", False)
+            group.setdefault("one_pass", False)
 
     # ------------------------------------------------------------------ state
     def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, steps, stats) -> None:
@@ -219,7 +297,10 @@ class AlphaAdam(Optimizer):
             if group["mask"] != "none" and "alpha" not in state:
                 dtype = state["exp_avg"].dtype
                 state["alpha"] = torch.ones((), dtype=dtype, device=p.device)
-                state["mask_density"] = torch.ones((), dtype=dtype, device=p.device)
+                # No mask counted yet: a one-pass step takes the exact step (nnz_{t-1} = 0).
+                state["mask_density"] = torch.zeros((), dtype=dtype, device=p.device)
+            if group["mask"] != "none" and group["one_pass"] and "step_scale" not in state:
+                state["step_scale"] = torch.zeros_like(state["alpha"])
             params.append(p)
             grads.append(p.grad)
             exp_avgs.append(state["exp_avg"])
@@ -251,6 +332,11 @@ class AlphaAdam(Optimizer):
             if fused_impl is not None:
                 impl = fused_impl
             beta1, beta2 = group["betas"]
+            cfg = MaskConfig.from_group(group)
+            previous = None
+            if group["one_pass"] and cfg.active:
+                numels = [p.numel() for p in params]  # a DTensor's is the whole tensor's
+                previous = _previous_step_scales(stats, numels, cfg.rescale)
             for b in local_buckets(params, grads, exp_avgs, exp_avg_sqs, steps, stats):
                 impl(
                     b.params,
@@ -261,7 +347,8 @@ class AlphaAdam(Optimizer):
                     b.stats,
                     numels=b.numels,
                     reduce_sums=b.reduce_sums,
-                    cfg=MaskConfig.from_group(group),
+                    previous_scales=None if previous is None else [previous[i] for i in b.indices],
+                    cfg=cfg,
                     lr=group["lr"],
                     beta1=beta1,
                     beta2=beta2,
@@ -270,6 +357,9 @@ class AlphaAdam(Optimizer):
                     bias_correction=group["bias_correction"],
                     maximize=group["maximize"],
                 )
+            if previous is not None:
+                applied = [self.state[p]["step_scale"] for p in params]
+                _record_applied_scales(stats, numels, cfg.rescale, previous, applied)
         return loss
 
     # ------------------------------------------------------------ diagnostics
@@ -282,7 +372,9 @@ class AlphaAdam(Optimizer):
         ``step_scale`` is the multiplier of the scheduled lr that the last update applied to
         the masked direction: ``alpha * d / (||phi||_0 + 1)`` (``alpha`` alone with
         ``rescale=False``). A masked optimizer's effective step is this times the lr, which
-        is why masked methods move further than AdamW at the same nominal lr.
+        is why masked methods move further than AdamW at the same nominal lr. With
+        ``one_pass`` it is the previous step's multiplier (the exact one on a step that fell
+        back to it), while ``alpha`` and ``mask_density`` are this step's.
 
         Keyed by parameter name when ``named_parameters`` (e.g. ``model.named_parameters()``)
         is given, else by ``"group{i}.param{j}"``. Parameters never stepped, or in a group
@@ -301,12 +393,16 @@ class AlphaAdam(Optimizer):
             for p in group["params"]:
                 state = self.state.get(p, {})
                 if "alpha" in state and p in names:
+                    if group.get("one_pass") and "step_scale" in state:  # AlphaLion/SGD: none
+                        applied = state["step_scale"]
+                    else:
+                        applied = step_scale(
+                            state["alpha"], state["mask_density"], p.numel(), group["rescale"]
+                        )
                     out[names[p]] = {
                         "alpha": state["alpha"],
                         "mask_density": state["mask_density"],
-                        "step_scale": step_scale(
-                            state["alpha"], state["mask_density"], p.numel(), group["rescale"]
-                        ),
+                        "step_scale": applied,
                     }
         return out
 
@@ -372,11 +468,21 @@ def _single_tensor_alphaadam(
     maximize: bool,
     numels: list[int] | None = None,
     reduce_sums: ReduceSums | None = None,
+    previous_scales: list[Tensor] | None = None,
 ) -> None:
+    """One parameter tensor at a time.
+
+    ``numels``/``reduce_sums``: whole-tensor element counts and the sum over shards (FSDP2,
+    ``sharding.py``). ``previous_scales`` (``one_pass``): per tensor, the previous step's
+    multiplier to apply instead of this step's, or 0 for the exact step; this path computes
+    both and selects on the device.
+    """
     if numels is None:
         numels = [p.numel() for p in params]
-    for param, grad, exp_avg, exp_avg_sq, step_t, (alpha_out, density_out), numel in zip(
-        params, grads, exp_avgs, exp_avg_sqs, steps, stats, numels
+    if previous_scales is None:
+        previous_scales = [None] * len(params)
+    for param, grad, exp_avg, exp_avg_sq, step_t, (alpha_out, density_out), numel, prev in zip(
+        params, grads, exp_avgs, exp_avg_sqs, steps, stats, numels, previous_scales
     ):
         theta = param.float() if param.dtype in LOW_PRECISION else param
         g = (-grad if maximize else grad).to(exp_avg.dtype)
@@ -397,7 +503,9 @@ def _single_tensor_alphaadam(
             u = exp_avg / exp_avg_sq.sqrt().add_(eps)
 
         # phi * u, scaled by d/(||phi||_0 + 1) and alpha_t.
-        u, alpha, density = mask_and_compensate(u, phi, cfg, numel=numel, reduce_sums=reduce_sums)
+        u, alpha, density = mask_and_compensate(
+            u, phi, cfg, numel=numel, reduce_sums=reduce_sums, previous_scale=prev
+        )
 
         if weight_decay != 0:
             theta.mul_(1 - lr * weight_decay)
@@ -476,7 +584,9 @@ def _multi_tensor_alphaadam(
     maximize: bool,
     numels: list[int] | None = None,
     reduce_sums: ReduceSums | None = None,
+    previous_scales: list[Tensor] | None = None,
 ) -> None:
+    """The single-tensor path's math with foreach kernels (same arguments)."""
     alphas_out = [a for a, _ in stats]
     densities_out = [d for _, d in stats]
     grouped = Optimizer._group_tensors_by_device_and_dtype(
@@ -488,6 +598,9 @@ def _multi_tensor_alphaadam(
         indices,
     ) in _cache_sized_chunks(grouped, enabled=reduce_sums is None):
         g_numels = None if numels is None else [numels[i] for i in indices]
+        g_previous = None
+        if previous_scales is not None:
+            g_previous = torch.stack([previous_scales[i] for i in indices])
         low_precision = g_params[0].dtype in LOW_PRECISION
         work_params = [p.float() for p in g_params] if low_precision else g_params
         state_dtype = g_m[0].dtype
@@ -522,7 +635,12 @@ def _multi_tensor_alphaadam(
         del denom
 
         updates, alphas, densities = foreach_mask_and_compensate(
-            updates, masks, cfg, numels=g_numels, reduce_sums=reduce_sums
+            updates,
+            masks,
+            cfg,
+            numels=g_numels,
+            reduce_sums=reduce_sums,
+            previous_scales=g_previous,
         )
 
         if weight_decay != 0:

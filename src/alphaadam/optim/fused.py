@@ -6,6 +6,9 @@ The fused step is two passes over every tensor (docs/fused.md):
    ``||u||^2``, ``||phi * u||^2``, ``||phi||_0``;
 2. after the sums are complete (and all-reduced over shards), the parameter update.
 
+With ``one_pass=True`` a tensor whose previous statistics are usable gets its update in pass 1
+(with the previous step's multiplier) and skips pass 2.
+
 Three back ends implement it: Triton kernels for CUDA (``fused_triton.py``, also runnable on
 CPU tensors through the Triton interpreter, which is how CI tests them), a C++ kernel pair for
 CPU built on first use (``fused_cpu.py``, ``csrc/alphaadam_cpu.cpp``) and a ``torch.compile``d

@@ -17,7 +17,15 @@ every parameter (tensors are passed as 1-d aliases, so rank never changes):
   writes the parameter.
 
 Without sharding each tensor runs pass 1 then pass 2 at once, so only one tensor's mask is
-alive at a time. With sharded parameters all pass-1 sums are all-reduced in one collective
+alive at a time.
+
+One-pass AlphaAdam (``one_pass=True``): the first call is ``_moments_mask_and_update``, which
+also writes the parameter with the previous step's multiplier (computed for all tensors at
+once, :func:`_reuse_coefficients`; ``[1, 0]``, a no-op, for a tensor that takes the exact
+step); ``_apply`` then runs only for the tensors that take the exact step. On CPU that
+choice is read on the host (free); on other devices it is not read at all: ``_apply`` runs
+for every tensor with its coefficients selected on the device (a no-op for the rest), so
+the compiled one-pass step on an accelerator saves no traffic (use Triton there). With sharded parameters all pass-1 sums are all-reduced in one collective
 before any pass 2, so the masks of the whole bucket are alive (1 byte per local element).
 
 ``lr``, betas, eps and weight decay are passed as 0-d/1-d tensors, so a scheduler (or
@@ -77,15 +85,10 @@ def _direction_c(m: Tensor, v: Tensor, c: Tensor) -> Tensor:
     return (m * c[_INV_BC1]) / (v.sqrt() * c[_INV_BC2_SQRT] + c[_EPS])
 
 
-def _moments_and_mask(
-    grad: Tensor,
-    m: Tensor,
-    v: Tensor,
-    mask_out: Tensor,
-    c: Tensor,
-    mask_kind: str,
-    maximize: bool,
-) -> None:
+def _update_moments(
+    grad: Tensor, m: Tensor, v: Tensor, c: Tensor, mask_kind: str, maximize: bool
+) -> Tensor:
+    """Updates ``m`` and ``v`` in place; returns the agreement mask as a float 0/1 tensor."""
     g = grad.to(m.dtype)
     if maximize:
         g = -g
@@ -95,9 +98,39 @@ def _moments_and_mask(
     v.mul_(c[_B2]).add_(c[_ONE_MINUS_B2] * g * g)
     if mask_kind == "sync":
         phi = g * m > 0
-    # uint8 through a float select: Inductor's CPU code stores a bool (or a bool->int8 cast)
-    # element by element, which cost more than the whole rest of the pass.
-    mask_out.copy_(torch.where(phi, 1.0, 0.0).to(torch.uint8))
+    # A float select: Inductor's CPU code stores a bool (or a bool->int8 cast) element by
+    # element, which cost more than the whole rest of the pass.
+    return torch.where(phi, 1.0, 0.0)
+
+
+def _moments_and_mask(
+    grad: Tensor,
+    m: Tensor,
+    v: Tensor,
+    mask_out: Tensor,
+    c: Tensor,
+    mask_kind: str,
+    maximize: bool,
+) -> None:
+    mask_out.copy_(_update_moments(grad, m, v, c, mask_kind, maximize).to(torch.uint8))
+
+
+def _moments_mask_and_update(
+    grad: Tensor,
+    param: Tensor,
+    m: Tensor,
+    v: Tensor,
+    mask_out: Tensor,
+    c: Tensor,
+    k: Tensor,
+    mask_kind: str,
+    maximize: bool,
+) -> None:
+    """One-pass: :func:`_moments_and_mask`, and ``param <- param * k[0] - k[1] (phi u)``."""
+    phi = _update_moments(grad, m, v, c, mask_kind, maximize)
+    mask_out.copy_(phi.to(torch.uint8))
+    u = _direction_c(m, v, c)
+    param.copy_(param.to(m.dtype) * k[0] - k[1] * (u * phi.to(m.dtype)))
 
 
 def _sums(m: Tensor, v: Tensor, mask: Tensor, c: Tensor) -> Tensor:
@@ -150,6 +183,26 @@ def _adamw(
     param.copy_(theta - lr * u)
 
 
+def _flags_readable_on_host(params: list[Tensor]) -> bool:
+    """CPU tensors: reading a value costs no device synchronisation."""
+    return all(p.device.type == "cpu" for p in params)
+
+
+def _apply_unless_updated(apply, flat, mask, c: Tensor, k: Tensor, k_prev, exact) -> None:
+    """Pass 2 for a tensor that takes the exact step.
+
+    ``k_prev is None``: not one-pass, always. ``exact`` known on the host (CPU): only if
+    True. Otherwise (accelerators) always, with ``[1, 0]`` where the one-pass update was
+    already applied (``k_prev[2] == 1``), chosen on the device.
+    """
+    if k_prev is None or exact:
+        apply(*flat, mask, c, k)
+    elif exact is None:
+        identity = torch.zeros_like(k)
+        identity[0] = 1
+        apply(*flat, mask, c, torch.where(k_prev[2] > 0, identity, k))
+
+
 _compiled: dict[str, object] = {}
 
 
@@ -158,6 +211,7 @@ def _compiled_fn(name: str):
     if name not in _compiled:
         fn = {
             "moments": _moments_and_mask,
+            "moments_and_update": _moments_mask_and_update,
             "sums": _sums,
             "coefficients": _coefficients,
             "apply": _apply,
@@ -238,6 +292,30 @@ def _step_constants(
     return rows  # type: ignore[return-value]
 
 
+def _reuse_coefficients(
+    previous_scales: list[Tensor],
+    state_dtypes: list[torch.dtype],
+    lr: float | Tensor,
+    weight_decay: float,
+) -> list[Tensor]:
+    """One-pass: per tensor ``[1 - lr wd, lr * previous, 1]`` in the state dtype where its
+    previous multiplier is usable (> 0), else ``[1, 0, 0]`` (no update in the first call)."""
+    rows: list[Tensor | None] = [None] * len(previous_scales)
+    by_key: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, (prev, dtype) in enumerate(zip(previous_scales, state_dtypes)):
+        by_key.setdefault((prev.device, dtype), []).append(i)
+    for (device, dtype), idx in by_key.items():
+        prev = torch.stack([previous_scales[i] for i in idx]).to(dtype)
+        lr_t = lr_tensor(lr, device).to(dtype)
+        usable = prev > 0
+        zero, one = torch.zeros_like(prev), torch.ones_like(prev)
+        decay = torch.where(usable, 1 - lr_t * weight_decay, one)
+        table = torch.stack([decay, torch.where(usable, lr_t * prev, zero), usable.to(dtype)], 1)
+        for i, row in zip(idx, table.unbind(0)):
+            rows[i] = _flat(row)
+    return rows  # type: ignore[return-value]
+
+
 def compiled_alphaadam(
     params: list[Tensor],
     grads: list[Tensor],
@@ -256,6 +334,7 @@ def compiled_alphaadam(
     maximize: bool,
     numels: list[int] | None = None,
     reduce_sums: ReduceSums | None = None,
+    previous_scales: list[Tensor] | None = None,
 ) -> None:
     """Same signature and results as ``alphaadam._single_tensor_alphaadam``."""
     if numels is None:
@@ -280,12 +359,23 @@ def compiled_alphaadam(
             adamw(_flat(p), _flat(g), _flat(m), _flat(v), bc, lr_t, hyper, maximize=maximize)
         return
 
-    consts = _step_constants(steps, [m.dtype for m in exp_avgs], beta1, beta2, eps, bias_correction)
+    state_dtypes = [m.dtype for m in exp_avgs]
+    consts = _step_constants(steps, state_dtypes, beta1, beta2, eps, bias_correction)
     moments_and_mask = _compiled_fn("moments")
     apply = _compiled_fn("apply")
+    one_pass = previous_scales is not None
+    if one_pass:
+        reuse_k = _reuse_coefficients(previous_scales, state_dtypes, lr, weight_decay)
+        exact_step = [None] * len(params)  # not read on the host: select on the device
+        if _flags_readable_on_host(params):
+            exact_step = torch.stack(previous_scales).le(0).tolist()
+    else:
+        reuse_k = exact_step = [None] * len(params)
     pending = []
     k_values: list[Tensor] = []
-    for p, g, m, v, c, numel in zip(params, grads, exp_avgs, exp_avg_sqs, consts, numels):
+    for p, g, m, v, c, numel, k_prev, exact in zip(
+        params, grads, exp_avgs, exp_avg_sqs, consts, numels, reuse_k, exact_step
+    ):
         numel_t = torch.tensor(numel, dtype=m.dtype, device=p.device)
         lr_t, hyper = scalars_on(p.device)
         if p.numel() == 0:
@@ -294,30 +384,40 @@ def compiled_alphaadam(
             if reduce_sums is None:
                 k_values.append(_coefficients(sums, numel_t, lr_t, hyper, cfg))
             else:
-                pending.append((None, None, c, sums, numel_t, lr_t, hyper))
+                pending.append((None, None, c, sums, numel_t, lr_t, hyper, k_prev, exact))
             continue
         # 1-d (not view) aliases made once per tensor: each costs more than a small
         # tensor's kernel, and a step of GPT-2 small makes hundreds of them.
         flat = (_flat(p), _flat(m), _flat(v))
         mask = torch.empty(p.numel(), dtype=torch.uint8, device=p.device)
-        moments_and_mask(_flat(g), flat[1], flat[2], mask, c, mask_kind=cfg.mask, maximize=maximize)
+        if one_pass:
+            _compiled_fn("moments_and_update")(
+                _flat(g), *flat, mask, c, k_prev, mask_kind=cfg.mask, maximize=maximize
+            )
+        else:
+            moments_and_mask(
+                _flat(g), flat[1], flat[2], mask, c, mask_kind=cfg.mask, maximize=maximize
+            )
         sums = _compiled_fn("sums")(flat[1], flat[2], mask, c)
         if reduce_sums is None:
             # Coefficients in a call of their own: a graph holding both the option-dependent
             # scalar code and a reduction is compiled per option set and per size class,
             # which exceeded Dynamo's recompile limit (8) with four presets in one process.
             k = _compiled_fn("coefficients")(sums, numel_t, lr_t, hyper, cfg=cfg)
-            apply(*flat, mask, c, k)
+            _apply_unless_updated(apply, flat, mask, c, k, k_prev, exact)
             k_values.append(k)
         else:
-            pending.append((flat, mask, c, sums, numel_t, lr_t, hyper))
+            pending.append((flat, mask, c, sums, numel_t, lr_t, hyper, k_prev, exact))
     if pending:
         # One collective for the whole bucket: rows are tensors, columns the three sums.
+        # Tensors that reused their previous multiplier are already updated (no waiting).
         reduced = reduce_sums(torch.stack([item[3].to(torch.float64) for item in pending]))
-        for (flat, mask, c, _, numel_t, lr_t, hyper), row in zip(pending, reduced.unbind(0)):
+        for (flat, mask, c, _, numel_t, lr_t, hyper, k_prev, exact), row in zip(
+            pending, reduced.unbind(0)
+        ):
             k = _compiled_fn("coefficients")(row.to(numel_t.dtype), numel_t, lr_t, hyper, cfg=cfg)
             if flat is not None:
-                apply(*flat, mask, c, k)
+                _apply_unless_updated(apply, flat, mask, c, k, k_prev, exact)
             k_values.append(k)
     # k = [decay, step, alpha, density]; the state gets the last two. Copied here, not
     # inside the compiled code: Inductor (torch 2.13, CPU) drops in-place writes to float64

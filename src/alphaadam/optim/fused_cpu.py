@@ -16,6 +16,7 @@ directory) holds one build per instruction set instead of one that crashes elsew
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -55,16 +56,28 @@ def _compiler_flags(isa: str) -> list[str]:
     return ["-O3", *threads, "-fno-math-errno", *_ISA_FLAGS.get(isa, [])]
 
 
+def extension_name(isa: str, flags: list[str]) -> str:
+    """``alphaadam_cpu_<isa>_<hash of the source and flags>``.
+
+    The hash keeps builds of different sources apart in a shared cache: two checkouts or
+    versions of this package on one machine would otherwise rebuild one directory in turn,
+    and a process could import the other version's library between the build and its own
+    import (seen as ``TypeError: step(): incompatible function arguments``).
+    """
+    digest = hashlib.sha256(SOURCE.read_bytes() + "\0".join(flags).encode()).hexdigest()[:10]
+    return f"alphaadam_cpu_{isa.lower()}_{digest}"
+
+
 @functools.cache
 def load_extension() -> ModuleType:
-    """Build (once per machine and instruction set) and import the C++ step."""
+    """Build (once per machine, instruction set and source) and import the C++ step."""
     from torch.utils.cpp_extension import load
 
     isa = _isa()
     flags = _compiler_flags(isa)
     try:
         return load(
-            name=f"alphaadam_cpu_{isa.lower()}",
+            name=extension_name(isa, flags),
             sources=[str(SOURCE)],
             extra_cflags=flags,
             verbose=os.environ.get("ALPHAADAM_VERBOSE_BUILD") == "1",
@@ -76,6 +89,10 @@ def load_extension() -> ModuleType:
             "ALPHAADAM_VERBOSE_BUILD=1 to see the build log, or use fused='compile' or "
             "fused=False instead"
         ) from exc
+
+
+_NO_PREVIOUS = torch.empty(0, dtype=torch.float64)  # every tensor takes the exact step
+_NO_MASK = torch.empty(0, dtype=torch.uint8)
 
 
 def _lr_value(lr: float | Tensor) -> float:
@@ -101,6 +118,7 @@ def cpu_alphaadam(
     maximize: bool,
     numels: list[int] | None = None,
     reduce_sums: ReduceSums | None = None,
+    previous_scales: list[Tensor] | None = None,
 ) -> None:
     """Same signature and results as ``alphaadam._single_tensor_alphaadam``."""
     ext = load_extension()
@@ -109,25 +127,34 @@ def cpu_alphaadam(
     densities = [d for _, d in stats] if cfg.active else []
     mask_kind = MASK_KINDS[cfg.mask]
     alpha_kind = ALPHA_KINDS[cfg.alpha]
+    # One-pass: each tensor's previous multiplier (0: take the exact step), read in C++.
+    previous = _NO_PREVIOUS
+    if previous_scales is not None and cfg.active:
+        previous = torch.stack(previous_scales).to(torch.float64)
     if reduce_sums is None or not cfg.active:
         # Whole tensors (or mask="none", which needs no sums): one call for everything.
         ext.step(
-            params, grads, exp_avgs, exp_avg_sqs, steps, alphas, densities,
+            params, grads, exp_avgs, exp_avg_sqs, steps, alphas, densities, previous,
             lr_value, beta1, beta2, eps, weight_decay, bias_correction, maximize,
             mask_kind, alpha_kind, float(cfg.alpha_max), cfg.rescale,
         )  # fmt: skip
         return
-    # Local shards: pass 1 for all, one all_reduce of the [n, 3] sums, pass 2 for all.
-    masks = [torch.empty(g.numel(), dtype=torch.uint8) for g in grads]
+    # Local shards: pass 1 for all, one all_reduce of the [n, 3] sums, pass 2 for all (for the
+    # tensors that took a one-pass update in pass 1, only their alpha and density).
+    reuses = previous.gt(0).tolist() if previous.numel() else [False] * len(grads)
+    masks = [
+        _NO_MASK if reuse else torch.empty(g.numel(), dtype=torch.uint8)
+        for g, reuse in zip(grads, reuses)
+    ]
     sums = ext.moments_and_sums(
-        grads, exp_avgs, exp_avg_sqs, steps, masks,
-        beta1, beta2, eps, bias_correction, maximize, mask_kind,
+        params, grads, exp_avgs, exp_avg_sqs, steps, masks, previous,
+        lr_value, beta1, beta2, eps, weight_decay, bias_correction, maximize, mask_kind,
     )  # fmt: skip
     sums = reduce_sums(sums).to(torch.float64).contiguous()
     if numels is None:
         numels = [p.numel() for p in params]
     ext.apply_from_sums(
         params, exp_avgs, exp_avg_sqs, steps, masks, sums, list(numels), alphas, densities,
-        lr_value, beta1, beta2, eps, weight_decay, bias_correction,
+        previous, lr_value, beta1, beta2, eps, weight_decay, bias_correction,
         alpha_kind, float(cfg.alpha_max), cfg.rescale,
     )  # fmt: skip

@@ -15,6 +15,12 @@ chunk's ``||u||^2``, ``||phi u||^2`` and ``nnz`` into per-tensor accumulators wi
 Pass 2 (``_apply_kernel``) reads ``p, m, v`` and the mask byte, recomputes ``u`` and writes
 ``p``. With ``mask="none"`` there are no sums and pass 1 applies the AdamW update itself.
 
+One-pass AlphaAdam (``one_pass=True``): pass 1 also reads each tensor's previous multiplier
+(``prev``, 0 for a tensor that takes the exact step). A tensor with ``prev > 0`` gets its
+update in pass 1 (reads and writes ``p``, no mask byte: 28 bytes per fp32 element, AdamW's);
+the others write the mask, and pass 2, still launched for every chunk, masks all its memory
+accesses off for the tensors already updated. Nothing is read on the host.
+
 Traffic per element: pass 1 reads g, m, v and writes m, v and the mask; pass 2 reads p, m, v
 and the mask and writes p. fp32 params: 21 + 17 = 38 bytes against 28 for a fused AdamW
 (1.36x); bf16/fp16 params with fp32 state: 19 + 13 = 32 against 22 (1.45x).
@@ -48,6 +54,22 @@ INTERPRET_BLOCK = 16
 INTERPRET_CHUNK = 32
 
 MASK_NONE, MASK_ASYNC, MASK_SYNC = 0, 1, 2
+
+
+def _to_param_dtype(p, P_DTYPE: tl.constexpr):
+    """fp32 ``p`` rounded to the parameter dtype (nearest even, also for bf16)."""
+    if P_DTYPE == tl.bfloat16:
+        # Round to nearest even by hand: the interpreter truncates fp32 -> bf16.
+        bits = p.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        p_out = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        return tl.where(p != p, p.to(tl.bfloat16), p_out)
+    return p.to(P_DTYPE)
+
+
+if triton is not None:
+    # A device function the kernels call (an interpreted one under TRITON_INTERPRET=1).
+    _to_param_dtype = triton.jit(_to_param_dtype)
 _MASK_CODES = {"none": MASK_NONE, "async": MASK_ASYNC, "sync": MASK_SYNC}
 _TL_DTYPES = {}
 
@@ -61,7 +83,8 @@ def _moments_kernel(
     sums_ptr,  # fp32 [2, n]: ||u||^2, ||phi u||^2
     nnz_ptr,  # int32 [n]
     mask_ptr,  # uint8 [total]
-    lr_ptr,  # fp32 [] (only for MASK_MODE == 0)
+    lr_ptr,  # fp32 [] (for MASK_MODE == 0 and ONE_PASS)
+    prev_ptr,  # fp32 [n]: previous multiplier, 0 = exact step (only for ONE_PASS)
     beta1,
     beta2,
     eps,
@@ -69,6 +92,7 @@ def _moments_kernel(
     P_DTYPE: tl.constexpr,
     MASK_MODE: tl.constexpr,
     MAXIMIZE: tl.constexpr,
+    ONE_PASS: tl.constexpr,
     BLOCK: tl.constexpr,
     CHUNK: tl.constexpr,
 ):
@@ -83,6 +107,12 @@ def _moments_kernel(
     mask_off = tl.load(table_ptr + 5 * n_tensors + t)
     bc1 = tl.load(bc_ptr + t)
     bc2_sqrt = tl.load(bc_ptr + n_tensors + t)
+    if ONE_PASS:
+        lr = tl.load(lr_ptr)
+        prev = tl.load(prev_ptr + t)
+        reuse = prev > 0
+        decay = 1 - lr * weight_decay
+        step_size = lr * prev
     total = tl.zeros((BLOCK,), dtype=tl.float32)
     kept = tl.zeros((BLOCK,), dtype=tl.float32)
     count = tl.zeros((BLOCK,), dtype=tl.int32)
@@ -104,20 +134,23 @@ def _moments_kernel(
             lr = tl.load(lr_ptr)
             p = tl.load(p_ptr + offs, mask=inb, other=0.0).to(tl.float32)
             p = p * (1 - lr * weight_decay) - lr * u
-            if P_DTYPE == tl.bfloat16:
-                # Round to nearest even by hand: the interpreter truncates fp32 -> bf16.
-                bits = p.to(tl.uint32, bitcast=True)
-                bits = bits + 0x7FFF + ((bits >> 16) & 1)
-                p_out = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-                p_out = tl.where(p != p, p.to(tl.bfloat16), p_out)
-            else:
-                p_out = p.to(P_DTYPE)
-            tl.store(p_ptr + offs, p_out, mask=inb)
+            tl.store(p_ptr + offs, _to_param_dtype(p, P_DTYPE), mask=inb)
         else:
             if MASK_MODE == 2:
                 phi = g * m > 0
             phi = phi & inb
-            tl.store(mask_ptr + mask_off + offs, phi.to(tl.uint8), mask=inb)
+            if ONE_PASS:
+                # The update with the previous multiplier, or the mask for pass 2. (A where,
+                # not `inb & reuse`: the interpreter cannot broadcast a bool scalar in `&`.)
+                upd = tl.where(reuse, inb, False)
+                p = tl.load(p_ptr + offs, mask=upd, other=0.0).to(tl.float32)
+                p = p * decay - step_size * tl.where(phi, u, 0.0)
+                tl.store(p_ptr + offs, _to_param_dtype(p, P_DTYPE), mask=upd)
+                tl.store(
+                    mask_ptr + mask_off + offs, phi.to(tl.uint8), mask=tl.where(reuse, False, inb)
+                )
+            else:
+                tl.store(mask_ptr + mask_off + offs, phi.to(tl.uint8), mask=inb)
             u_sq = tl.where(inb, u * u, 0.0)
             total += u_sq
             kept += tl.where(phi, u_sq, 0.0)
@@ -137,9 +170,11 @@ def _apply_kernel(
     coef_ptr,  # fp32 [n]: d/(nnz+1) * alpha
     mask_ptr,
     lr_ptr,
+    prev_ptr,  # fp32 [n] (only for ONE_PASS): tensors with prev > 0 are already updated
     eps,
     weight_decay,
     P_DTYPE: tl.constexpr,
+    ONE_PASS: tl.constexpr,
     BLOCK: tl.constexpr,
     CHUNK: tl.constexpr,
 ):
@@ -156,24 +191,20 @@ def _apply_kernel(
     lr = tl.load(lr_ptr)
     step_size = lr * tl.load(coef_ptr + t)
     decay = 1 - lr * weight_decay
+    if ONE_PASS:
+        exact_step = tl.load(prev_ptr + t) <= 0  # else already updated in pass 1
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
         inb = offs < numel
+        if ONE_PASS:
+            inb = tl.where(exact_step, inb, False)
         p = tl.load(p_ptr + offs, mask=inb, other=0.0).to(tl.float32)
         m = tl.load(m_ptr + offs, mask=inb, other=0.0)
         v = tl.load(v_ptr + offs, mask=inb, other=1.0)
         phi = tl.load(mask_ptr + mask_off + offs, mask=inb, other=0) != 0
         u = m / (tl.sqrt(v) / bc2_sqrt + eps) / bc1
         p = p * decay - step_size * tl.where(phi, u, 0.0)
-        if P_DTYPE == tl.bfloat16:
-            # Round to nearest even by hand: the interpreter truncates fp32 -> bf16.
-            bits = p.to(tl.uint32, bitcast=True)
-            bits = bits + 0x7FFF + ((bits >> 16) & 1)
-            p_out = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-            p_out = tl.where(p != p, p.to(tl.bfloat16), p_out)
-        else:
-            p_out = p.to(P_DTYPE)
-        tl.store(p_ptr + offs, p_out, mask=inb)
+        tl.store(p_ptr + offs, _to_param_dtype(p, P_DTYPE), mask=inb)
 
 
 _kernels: dict[tuple[str, bool], object] = {}
@@ -245,6 +276,7 @@ def triton_alphaadam(
     maximize: bool,
     numels: list[int] | None = None,
     reduce_sums: ReduceSums | None = None,
+    previous_scales: list[Tensor] | None = None,
 ) -> None:
     """Same signature and results as ``alphaadam._single_tensor_alphaadam``."""
     if numels is None:
@@ -281,6 +313,7 @@ def triton_alphaadam(
             [steps[i] for i in idx],
             [stats[i] for i in idx],
             [numels[i] for i in idx],
+            None if previous_scales is None else [previous_scales[i] for i in idx],
             lr_by_device[device],
             p_dtype,
             cfg=cfg,
@@ -302,6 +335,7 @@ def _step_group(
     steps,
     stats,
     numels,
+    previous_scales: list[Tensor] | None,
     lr: Tensor,
     p_dtype: torch.dtype,
     *,
@@ -347,15 +381,18 @@ def _step_group(
     n_chunks = chunk_tensor.numel()
 
     mask_code = _MASK_CODES[cfg.mask]
+    one_pass = previous_scales is not None and mask_code != MASK_NONE
+    prev = torch.stack(previous_scales).float() if one_pass else lr  # lr: an unused pointer
     sums = torch.zeros(2, n, dtype=torch.float32, device=device)
     nnz = torch.zeros(n, dtype=torch.int32, device=device)
     mask = torch.empty(total if mask_code else 0, dtype=torch.uint8, device=device)
     tl_dtype = _tl_dtype(p_dtype)
     if n_chunks:
         _kernel("moments", interpret)[(n_chunks,)](
-            table, n, chunk_tensor, chunk_start, bc, sums, nnz, mask, lr,
+            table, n, chunk_tensor, chunk_start, bc, sums, nnz, mask, lr, prev,
             beta1, beta2, eps, weight_decay,
-            P_DTYPE=tl_dtype, MASK_MODE=mask_code, MAXIMIZE=maximize, BLOCK=block, CHUNK=chunk,
+            P_DTYPE=tl_dtype, MASK_MODE=mask_code, MAXIMIZE=maximize, ONE_PASS=one_pass,
+            BLOCK=block, CHUNK=chunk,
         )  # fmt: skip
     if not mask_code:
         return
@@ -370,7 +407,7 @@ def _step_group(
     torch._foreach_copy_([s[1] for s in stats], list(density.unbind(0)))
     if n_chunks:
         _kernel("apply", interpret)[(n_chunks,)](
-            table, n, chunk_tensor, chunk_start, bc, coef.contiguous(), mask, lr,
+            table, n, chunk_tensor, chunk_start, bc, coef.contiguous(), mask, lr, prev,
             eps, weight_decay,
-            P_DTYPE=tl_dtype, BLOCK=block, CHUNK=chunk,
+            P_DTYPE=tl_dtype, ONE_PASS=one_pass, BLOCK=block, CHUNK=chunk,
         )  # fmt: skip

@@ -93,15 +93,21 @@ def alpha_from_sums(total_sq: Tensor, kept_sq: Tensor, kind: str, alpha_max: flo
     return ratio.clamp(max=alpha_max)
 
 
-def step_scale(alpha: Tensor, density: Tensor, numel: int, rescale: bool) -> Tensor:
+def step_scale(alpha: Tensor, density: Tensor, numel: int | Tensor, rescale: bool) -> Tensor:
     """The multiplier of the lr that a masked step applied: ``alpha * d / (nnz + 1)``.
 
     Rebuilt from a tensor's stored ``alpha`` and ``mask_density`` (``nnz = density * d``,
     rounded back to the integer count it was computed from), in float64. An empty mask
     (step 1 of the asynchronous mask, where ``m_0 = 0``) moved nothing, so its effective
-    multiplier is 0, not the formal ``alpha_max * d``.
+    multiplier is 0, not the formal ``alpha_max * d``. Elementwise: ``alpha``, ``density``
+    and ``numel`` may be 1-d tensors of several tensors' values.
+
+    The one-pass step (``AlphaAdam(one_pass=True)``) applies this multiplier of the previous
+    step, and takes the exact step where it is 0.
     """
     exact = torch.float32 if alpha.device.type == "mps" else torch.float64
+    if isinstance(numel, Tensor):
+        numel = numel.to(exact)
     nnz = torch.round(density.to(exact) * numel)
     scale = alpha.to(exact)
     if rescale:
@@ -121,6 +127,7 @@ def mask_and_compensate(
     *,
     numel: int | None = None,
     reduce_sums: ReduceSums | None = None,
+    previous_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Mask one tensor's direction in place and scale it by ``rescale * alpha``.
 
@@ -130,6 +137,10 @@ def mask_and_compensate(
 
     For a shard of a larger tensor (FSDP2), ``numel`` is the whole tensor's element count and
     ``reduce_sums`` sums the shard-local partial sums over all shards (see ``sharding.py``).
+
+    ``previous_scale`` (one-pass AlphaAdam): a 0-d multiplier that replaces this step's
+    ``rescale * alpha`` where it is positive (chosen on the device, no host sync); alpha and
+    the density returned are still this step's.
     """
     if mask is None:
         return update, None, None
@@ -146,7 +157,7 @@ def mask_and_compensate(
         alpha = alpha_from_sums(total_sq, kept_sq, cfg.alpha, cfg.alpha_max)
     else:
         alpha = torch.ones((), dtype=update.dtype, device=update.device)
-    update.mul_(scale * alpha)
+    update.mul_(_applied(scale * alpha, previous_scale))
     density = nnz / max(numel, 1)
     return update, alpha, density
 
@@ -158,12 +169,14 @@ def foreach_mask_and_compensate(
     *,
     numels: list[int] | None = None,
     reduce_sums: ReduceSums | None = None,
+    previous_scales: Tensor | None = None,
 ) -> tuple[list[Tensor], Tensor | None, Tensor | None]:
     """Multi-tensor version of :func:`mask_and_compensate` (same math, same dtype rules).
 
     All tensors must share one device and dtype (the caller groups them). Returns the
     updates and two 1-d tensors holding each tensor's alpha and mask density.
-    ``numels``/``reduce_sums``: as in :func:`mask_and_compensate`, for shards.
+    ``numels``/``reduce_sums``: as in :func:`mask_and_compensate`, for shards;
+    ``previous_scales``: a 1-d tensor, one ``previous_scale`` per tensor.
     """
     if masks is None or not updates:
         return updates, None, None
@@ -187,9 +200,17 @@ def foreach_mask_and_compensate(
         alphas = alpha_from_sums(total_sq, kept_sq, cfg.alpha, cfg.alpha_max)
     else:
         alphas = torch.ones_like(nnz)
-    torch._foreach_mul_(updates, list((scale * alphas).unbind(0)))
+    coefficients = _applied(scale * alphas, previous_scales)
+    torch._foreach_mul_(updates, list(coefficients.unbind(0)))
     densities = nnz / numels.clamp(min=1)
     return updates, alphas, densities
+
+
+def _applied(coefficient: Tensor, previous: Tensor | None) -> Tensor:
+    """This step's coefficient, or the previous step's where it is usable (positive)."""
+    if previous is None:
+        return coefficient
+    return torch.where(previous > 0, previous.to(coefficient.dtype), coefficient)
 
 
 def foreach_agreement_masks(grads: list[Tensor], references: list[Tensor]) -> list[Tensor]:

@@ -87,6 +87,12 @@ for _preset in PRESETS:
         register_optimizer(_preset)(_make_preset_factory(_preset))
 
 
+@register_optimizer("alphaadam_onepass")
+def _alphaadam_one_pass(model: nn.Module, **cfg: Any) -> Optimizer:
+    """The alphaadam preset with ``one_pass=True`` (an extension, not the paper's algorithm)."""
+    return _make_preset_factory("alphaadam")(model, one_pass=True, **cfg)
+
+
 @register_optimizer("adamw")
 def _torch_adamw(model: nn.Module, **cfg: Any) -> Optimizer:
     """torch.optim.AdamW, fused on CUDA, foreach elsewhere."""

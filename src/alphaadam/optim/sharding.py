@@ -50,7 +50,8 @@ class LocalBucket:
     """Local shards of tensors sharing one mesh and placements, ready for an update path.
 
     ``numels`` are the global element counts; ``reduce_sums`` sums a tensor of rank-local
-    per-tensor partial sums over the shards (``None`` when nothing is sharded).
+    per-tensor partial sums over the shards (``None`` when nothing is sharded); ``indices``
+    are the tensors' positions in the lists :func:`local_buckets` was given.
     """
 
     params: list[Tensor] = field(default_factory=list)
@@ -60,6 +61,7 @@ class LocalBucket:
     steps: list[Tensor] = field(default_factory=list)
     stats: list[tuple[Tensor | None, Tensor | None]] = field(default_factory=list)
     numels: list[int] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
     reduce_sums: ReduceSums | None = None
 
 
@@ -102,7 +104,9 @@ def local_buckets(
     (FSDP2 gives every rank every parameter), so the collectives line up.
     """
     buckets: dict[object, LocalBucket] = {}
-    for p, g, m, v, s, st in zip(params, grads, exp_avgs, exp_avg_sqs, steps, stats):
+    for i, (p, g, m, v, s, st) in enumerate(
+        zip(params, grads, exp_avgs, exp_avg_sqs, steps, stats)
+    ):
         if is_dtensor(p):
             key = (id(p.device_mesh), tuple(p.placements))
             if key not in buckets:
@@ -123,6 +127,7 @@ def local_buckets(
         bucket.steps.append(s)
         bucket.stats.append(st)
         bucket.numels.append(p.numel())  # DTensor.numel() is the global count
+        bucket.indices.append(i)
     return list(buckets.values())
 
 

@@ -7,6 +7,10 @@
 // back (the tensor's mask is the only extra memory, and a small tensor is still in cache for
 // pass 2); with sharding, Python all-reduces the sums of every tensor between the passes.
 //
+// One-pass AlphaAdam (one_pass=True, an extension): a tensor whose previous statistics are
+// usable (previous_scales[i] > 0) runs pass 1 only, writing the parameter with that previous
+// multiplier instead of the mask; its sums feed the next step. Others take both passes.
+//
 // Sums are accumulated per fixed block of elements (float within 1024-element sub-blocks,
 // double across them) and the blocks are added in order, so the result does not depend on
 // the number of threads.
@@ -40,6 +44,9 @@ struct Hyper {
   bool bias_correction, maximize, rescale;
   int64_t mask, alpha;
 };
+
+// Decoupled weight decay, every coordinate: theta *= 1 - lr wd.
+double decay_factor(const Hyper& h) { return 1.0 - h.lr * h.weight_decay; }
 
 // The loop constants of one tensor, rounded to the state dtype once (as the reference path
 // rounds its bias corrections): u = (m * inv_bc1) / (sqrt(v) * inv_bc2 + eps).
@@ -109,10 +116,11 @@ inline S lerp_momentum(S m, S g, const Consts<S>& c) {
 }
 
 // ---------------------------------------------------------------------------- pass 1
-template <typename P, typename S, int64_t kMask, bool kLerpFromM>
-void moments_block(const P* __restrict g_in, S* __restrict m, S* __restrict v,
+// kApply (one-pass): write p = p * decay - step * phi u instead of the mask.
+template <typename P, typename S, int64_t kMask, bool kLerpFromM, bool kApply>
+void moments_block(P* __restrict p, const P* __restrict g_in, S* __restrict m, S* __restrict v,
                    uint8_t* __restrict mask, int64_t n, const Consts<S>& c, bool maximize,
-                   double* __restrict sums) {
+                   S decay, S step, double* __restrict sums) {
   double total = 0, kept = 0;
   double count = 0;
   const S sign = maximize ? S(-1) : S(1);
@@ -128,8 +136,12 @@ void moments_block(const P* __restrict g_in, S* __restrict m, S* __restrict v,
       const S phi = static_cast<S>((kMask == kMaskAsync ? g * m_old : g * m_new) > S(0));
       m[i] = m_new;
       v[i] = v_new;
-      mask[i] = static_cast<uint8_t>(phi);
       const S u = (m_new * c.inv_bc1) / (std::sqrt(v_new) * c.inv_bc2 + c.eps);
+      if constexpr (kApply) {
+        p[i] = static_cast<P>(to_state(p[i]) * decay - step * (u * phi));
+      } else {
+        mask[i] = static_cast<uint8_t>(phi);
+      }
       const S uu = u * u;
       sub_total += uu;
       sub_kept += uu * phi;  // (u * phi)^2, as the reference paths compute it
@@ -176,29 +188,34 @@ void adamw_block(P* __restrict p, const P* __restrict g_in, S* __restrict m, S* 
 }
 
 // ------------------------------------------------------------------ per-tensor drivers
-template <typename P, typename S>
-void tensor_pass1(const at::Tensor& grad, const at::Tensor& m, const at::Tensor& v,
-                  const at::Tensor& mask, const Consts<S>& c, const Hyper& h, double* out) {
+// Pass 1 of one tensor: the mask into `mask`, or with kApply the parameter update with
+// multiplier `step` (then `mask` is unused); the sums into out[0..2].
+template <typename P, typename S, bool kApply>
+void tensor_pass1(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& m,
+                  const at::Tensor& v, const at::Tensor& mask, const Consts<S>& c, const Hyper& h,
+                  S decay, S step, double* out) {
   const int64_t n = m.numel();
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   std::vector<double> partial(3 * std::max<int64_t>(blocks, 1), 0.0);
+  P* p_ptr = kApply ? param.data_ptr<P>() : nullptr;
   const P* g_ptr = grad.data_ptr<P>();
   S* m_ptr = m.data_ptr<S>();
   S* v_ptr = v.data_ptr<S>();
-  uint8_t* mask_ptr = mask.data_ptr<uint8_t>();
+  uint8_t* mask_ptr = kApply ? nullptr : mask.data_ptr<uint8_t>();
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t lo = b * kBlock, len = std::min(kBlock, n - lo);
       const auto run = [&](auto kernel) {
-        kernel(g_ptr + lo, m_ptr + lo, v_ptr + lo, mask_ptr + lo, len, c, h.maximize,
+        kernel(kApply ? p_ptr + lo : nullptr, g_ptr + lo, m_ptr + lo, v_ptr + lo,
+               kApply ? nullptr : mask_ptr + lo, len, c, h.maximize, decay, step,
                &partial[3 * b]);
       };
       if (h.mask == kMaskAsync) {
-        c.lerp_from_m ? run(moments_block<P, S, kMaskAsync, true>)
-                      : run(moments_block<P, S, kMaskAsync, false>);
+        c.lerp_from_m ? run(moments_block<P, S, kMaskAsync, true, kApply>)
+                      : run(moments_block<P, S, kMaskAsync, false, kApply>);
       } else {
-        c.lerp_from_m ? run(moments_block<P, S, kMaskSync, true>)
-                      : run(moments_block<P, S, kMaskSync, false>);
+        c.lerp_from_m ? run(moments_block<P, S, kMaskSync, true, kApply>)
+                      : run(moments_block<P, S, kMaskSync, false, kApply>);
       }
     }
   });
@@ -229,7 +246,7 @@ void tensor_adamw(const at::Tensor& param, const at::Tensor& grad, const at::Ten
   const P* g_ptr = grad.data_ptr<P>();
   S* m_ptr = m.data_ptr<S>();
   S* v_ptr = v.data_ptr<S>();
-  const S decay = static_cast<S>(1.0 - h.lr * h.weight_decay);
+  const S decay = static_cast<S>(decay_factor(h));
   const S lr = static_cast<S>(h.lr);
   at::parallel_for(0, n, kBlock, [&](int64_t lo, int64_t hi) {
     const auto kernel = c.lerp_from_m ? adamw_block<P, S, true> : adamw_block<P, S, false>;
@@ -253,7 +270,7 @@ std::array<double, 4> coefficients(const double* sums, double numel, const Hyper
     alpha = std::min(alpha, h.alpha_max);
   }
   const double density = nnz / std::max(numel, 1.0);
-  return {1.0 - h.lr * h.weight_decay, h.lr * scale * alpha, alpha, density};
+  return {decay_factor(h), h.lr * scale * alpha, alpha, density};
 }
 
 void check_tensor(const at::Tensor& t, const char* name, int64_t i) {
@@ -307,23 +324,36 @@ void check_lists(const std::vector<at::Tensor>& params, const std::vector<at::Te
   }
 }
 
+// One-pass: the previous steps' multipliers (float64, one per tensor; > 0 where a tensor
+// reuses it, 0 for the exact step), or nullptr for an empty tensor (every step exact).
+const double* previous_multipliers(const at::Tensor& previous_scales, size_t n) {
+  if (previous_scales.numel() == 0) return nullptr;
+  TORCH_CHECK(previous_scales.scalar_type() == at::kDouble && previous_scales.device().is_cpu() &&
+                  previous_scales.is_contiguous() &&
+                  previous_scales.numel() == static_cast<int64_t>(n),
+              "previous_scales must be a contiguous CPU float64 tensor with one value per "
+              "parameter (or empty)");
+  return previous_scales.data_ptr<double>();
+}
+
 }  // namespace
 
 // The whole step for unsharded tensors: each tensor's pass 1, coefficients and pass 2 in turn.
 // alphas/densities are the 0-d state tensors to receive alpha and the mask density (empty
-// lists for mask="none").
+// lists for mask="none"); previous_scales: see previous_multipliers.
 void step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
           const std::vector<at::Tensor>& exp_avgs, const std::vector<at::Tensor>& exp_avg_sqs,
           const std::vector<at::Tensor>& steps, const std::vector<at::Tensor>& alphas,
-          const std::vector<at::Tensor>& densities, double lr, double beta1, double beta2,
-          double eps, double weight_decay, bool bias_correction, bool maximize, int64_t mask,
-          int64_t alpha, double alpha_max, bool rescale) {
+          const std::vector<at::Tensor>& densities, const at::Tensor& previous_scales, double lr,
+          double beta1, double beta2, double eps, double weight_decay, bool bias_correction,
+          bool maximize, int64_t mask, int64_t alpha, double alpha_max, bool rescale) {
   check_lists(params, grads, exp_avgs, exp_avg_sqs, steps);
   const Hyper h = make_hyper(lr, beta1, beta2, eps, weight_decay, bias_correction, maximize,
                              mask, alpha, alpha_max, rescale);
   TORCH_CHECK(h.mask == kMaskNone || (alphas.size() == params.size() &&
                                       densities.size() == params.size()),
               "a masked step needs one alpha and one mask_density tensor per parameter");
+  const double* previous = previous_multipliers(previous_scales, params.size());
   at::Tensor mask_buffer;
   for (size_t i = 0; i < params.size(); ++i) {
     const double t = increment_step(steps[i]);
@@ -336,12 +366,26 @@ void step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& 
         if (n > 0) tensor_adamw<P, S>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], c, h);
         return;
       }
+      double sums[3] = {0, 0, 0};
+      if (previous != nullptr && previous[i] > 0) {  // one pass: the previous multiplier
+        if (n > 0) {
+          tensor_pass1<P, S, true>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], at::Tensor(),
+                                   c, h, static_cast<S>(decay_factor(h)),
+                                   static_cast<S>(h.lr * previous[i]), sums);
+        }
+        const auto k = coefficients(sums, static_cast<double>(n), h);
+        write_scalar(alphas[i], k[2]);
+        write_scalar(densities[i], k[3]);
+        return;
+      }
       if (!mask_buffer.defined() || mask_buffer.numel() < n) {
         mask_buffer = at::empty({n}, at::TensorOptions().dtype(at::kByte));
       }
       const at::Tensor tensor_mask = mask_buffer.narrow(0, 0, n);
-      double sums[3] = {0, 0, 0};
-      if (n > 0) tensor_pass1<P, S>(grads[i], exp_avgs[i], exp_avg_sqs[i], tensor_mask, c, h, sums);
+      if (n > 0) {
+        tensor_pass1<P, S, false>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], tensor_mask, c,
+                                  h, S(0), S(0), sums);
+      }
       const auto k = coefficients(sums, static_cast<double>(n), h);
       if (n > 0) {
         tensor_pass2<P, S>(params[i], exp_avgs[i], exp_avg_sqs[i], tensor_mask, c,
@@ -354,45 +398,61 @@ void step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& 
 }
 
 // Pass 1 of every (local shard of a) tensor: increments the steps, updates the moments, fills
-// masks[i] (uint8, one per element) and returns the [n, 3] float64 partial sums.
-at::Tensor moments_and_sums(const std::vector<at::Tensor>& grads,
+// masks[i] (uint8, one per element) and returns the [n, 3] float64 partial sums. A tensor
+// with previous_scales[i] > 0 (one-pass) writes its parameter instead of a mask (masks[i]
+// may then be empty): the update never waits for the all-reduce of the sums.
+at::Tensor moments_and_sums(const std::vector<at::Tensor>& params,
+                            const std::vector<at::Tensor>& grads,
                             const std::vector<at::Tensor>& exp_avgs,
                             const std::vector<at::Tensor>& exp_avg_sqs,
                             const std::vector<at::Tensor>& steps,
-                            const std::vector<at::Tensor>& masks, double beta1, double beta2,
-                            double eps, bool bias_correction, bool maximize, int64_t mask) {
-  check_lists(grads, grads, exp_avgs, exp_avg_sqs, steps);
+                            const std::vector<at::Tensor>& masks,
+                            const at::Tensor& previous_scales, double lr, double beta1,
+                            double beta2, double eps, double weight_decay, bool bias_correction,
+                            bool maximize, int64_t mask) {
+  check_lists(params, grads, exp_avgs, exp_avg_sqs, steps);
   TORCH_CHECK(masks.size() == grads.size(), "one mask per tensor");
   TORCH_CHECK(mask != kMaskNone, "moments_and_sums is for masked steps");
-  const Hyper h = make_hyper(0.0, beta1, beta2, eps, 0.0, bias_correction, maximize, mask,
+  const Hyper h = make_hyper(lr, beta1, beta2, eps, weight_decay, bias_correction, maximize, mask,
                              kAlphaNone, 1.0, false);
+  const double* previous = previous_multipliers(previous_scales, grads.size());
   at::Tensor sums = at::zeros({static_cast<int64_t>(grads.size()), 3},
                               at::TensorOptions().dtype(at::kDouble));
   double* out = sums.data_ptr<double>();
   for (size_t i = 0; i < grads.size(); ++i) {
     const double t = increment_step(steps[i]);
-    TORCH_CHECK(masks[i].scalar_type() == at::kByte && masks[i].numel() == grads[i].numel() &&
-                    masks[i].is_contiguous(),
+    const bool reuse = previous != nullptr && previous[i] > 0;
+    TORCH_CHECK(reuse || (masks[i].scalar_type() == at::kByte &&
+                          masks[i].numel() == grads[i].numel() && masks[i].is_contiguous()),
                 "masks[", i, "] must be a contiguous uint8 tensor of the gradient's size");
     if (grads[i].numel() == 0) continue;
     dispatch(grads[i].scalar_type(), exp_avgs[i].scalar_type(), [&](auto p_tag, auto s_tag) {
       using P = decltype(p_tag);
       using S = decltype(s_tag);
-      tensor_pass1<P, S>(grads[i], exp_avgs[i], exp_avg_sqs[i], masks[i], loop_consts<S>(h, t), h,
-                         out + 3 * i);
+      const Consts<S> c = loop_consts<S>(h, t);
+      if (reuse) {
+        tensor_pass1<P, S, true>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], masks[i], c, h,
+                                 static_cast<S>(decay_factor(h)),
+                                 static_cast<S>(h.lr * previous[i]), out + 3 * i);
+      } else {
+        tensor_pass1<P, S, false>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], masks[i], c,
+                                  h, S(0), S(0), out + 3 * i);
+      }
     });
   }
   return sums;
 }
 
 // Pass 2 from complete (all-reduced) sums; numels are the whole tensors' element counts.
+// Tensors that took the one-pass update in moments_and_sums only get their alpha and density.
 void apply_from_sums(const std::vector<at::Tensor>& params,
                      const std::vector<at::Tensor>& exp_avgs,
                      const std::vector<at::Tensor>& exp_avg_sqs,
                      const std::vector<at::Tensor>& steps, const std::vector<at::Tensor>& masks,
                      const at::Tensor& sums, const std::vector<int64_t>& numels,
                      const std::vector<at::Tensor>& alphas,
-                     const std::vector<at::Tensor>& densities, double lr, double beta1,
+                     const std::vector<at::Tensor>& densities,
+                     const at::Tensor& previous_scales, double lr, double beta1,
                      double beta2, double eps, double weight_decay, bool bias_correction,
                      int64_t alpha, double alpha_max, bool rescale) {
   const size_t n = params.size();
@@ -406,14 +466,16 @@ void apply_from_sums(const std::vector<at::Tensor>& params,
   const Hyper h = make_hyper(lr, beta1, beta2, eps, weight_decay, bias_correction, false,
                              kMaskAsync, alpha, alpha_max, rescale);
   const double* s = sums.data_ptr<double>();
+  const double* previous = previous_multipliers(previous_scales, n);
   for (size_t i = 0; i < n; ++i) {
     check_tensor(params[i], "params", i);
     const double t = read_step(steps[i]);
+    const bool updated = previous != nullptr && previous[i] > 0;
     dispatch(params[i].scalar_type(), exp_avgs[i].scalar_type(), [&](auto p_tag, auto s_tag) {
       using P = decltype(p_tag);
       using S = decltype(s_tag);
       const auto k = coefficients(s + 3 * i, static_cast<double>(numels[i]), h);
-      if (params[i].numel() > 0) {
+      if (!updated && params[i].numel() > 0) {
         tensor_pass2<P, S>(params[i], exp_avgs[i], exp_avg_sqs[i], masks[i],
                            loop_consts<S>(h, t), static_cast<S>(k[0]), static_cast<S>(k[1]));
       }
