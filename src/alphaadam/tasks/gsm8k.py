@@ -27,10 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from alphaadam.eval.gsm8k import format_prompt, read_gsm8k_jsonl, score_gsm8k
-from alphaadam.tasks.base import Batch, Task
-from alphaadam.tasks.epoch_stream import EpochBatchStream, epoch_steps
-from alphaadam.tasks.glue import _cfg_get
+from ..eval.gsm8k import format_prompt, read_gsm8k_jsonl, score_gsm8k
+from .base import Batch, Task, cfg_get
+from .epoch_stream import EpochBatchStream, epoch_steps
 
 log = logging.getLogger(__name__)
 
@@ -118,22 +117,22 @@ class GSM8KTask(Task):
     primary_mode = "min"
 
     def __init__(self, data: Mapping | None = None, model: Mapping | None = None):
-        self.path = _cfg_get(data, "path")
-        self.hf_dataset = _cfg_get(data, "hf_dataset", HF_GSM8K_DATASET)
-        self.max_length = int(_cfg_get(data, "max_length", 512))
-        self.packing = bool(_cfg_get(data, "packing", False))
-        self.eval_batch_size = int(_cfg_get(data, "eval_batch_size", 8))
-        self.eval_examples = _cfg_get(data, "eval_examples")
-        self.eval_generate_examples = int(_cfg_get(data, "eval_generate_examples", 0))
-        self.max_new_tokens = int(_cfg_get(data, "max_new_tokens", 256))
-        self.model_path = str(_cfg_get(model, "name_or_path", DEFAULT_MODEL))
-        self.tokenizer_path = str(_cfg_get(model, "tokenizer", self.model_path))
-        dtype = str(_cfg_get(model, "dtype", "float32"))
+        self.path = cfg_get(data, "path")
+        self.hf_dataset = cfg_get(data, "hf_dataset", HF_GSM8K_DATASET)
+        self.max_length = int(cfg_get(data, "max_length", 512))
+        self.packing = bool(cfg_get(data, "packing", False))
+        self.eval_batch_size = int(cfg_get(data, "eval_batch_size", 8))
+        self.eval_examples = cfg_get(data, "eval_examples")
+        self.eval_generate_examples = int(cfg_get(data, "eval_generate_examples", 0))
+        self.max_new_tokens = int(cfg_get(data, "max_new_tokens", 256))
+        self.model_path = str(cfg_get(model, "name_or_path", DEFAULT_MODEL))
+        self.tokenizer_path = str(cfg_get(model, "tokenizer", self.model_path))
+        dtype = str(cfg_get(model, "dtype", "float32"))
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype {dtype!r}; valid: float32, bfloat16, float16")
         self.dtype = getattr(torch, dtype)
-        self.gradient_checkpointing = bool(_cfg_get(model, "gradient_checkpointing", False))
-        self.attn_implementation = _cfg_get(model, "attn_implementation")
+        self.gradient_checkpointing = bool(cfg_get(model, "gradient_checkpointing", False))
+        self.attn_implementation = cfg_get(model, "attn_implementation")
         self.tokenizer = None
         self.train_examples: list[dict[str, list[int]]] | None = None
 
