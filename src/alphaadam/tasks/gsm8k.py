@@ -88,6 +88,62 @@ def tokenize_sft_batch(
     return out
 
 
+def require_sentencepiece_for(folder: Path) -> None:
+    """A local tokenizer given only as SentencePiece's ``tokenizer.model`` (Llama's) is read
+    through ``sentencepiece`` and ``protobuf``; without them transformers fails with a
+    parse error that does not say so."""
+    if not (folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file():
+        return
+    missing = [m for m in ("sentencepiece", "google.protobuf") if not _importable(m)]
+    if missing:
+        raise ImportError(
+            f"{folder / 'tokenizer.model'} is a SentencePiece tokenizer and reading it needs "
+            f"{' and '.join(m.split('.')[-1] for m in missing)}: pip install 'alphaadam[eval]'"
+        )
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package is missing
+        return False
+
+
+def check_round_trip(tokenizer, text: str, tokenizer_path: str) -> None:
+    """Refuse a tokenizer that cannot decode what it encodes (up to whitespace): a broken or
+    foreign ``tokenizer.model`` would otherwise train on sequences that carry no text."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    decoded = tokenizer.decode(ids, skip_special_tokens=True)
+    if " ".join(decoded.split()) != " ".join(text.split()):
+        raise ValueError(
+            f"the tokenizer at {tokenizer_path} does not round-trip text (vocabulary size "
+            f"{len(tokenizer)}): {text[:60]!r}... encodes to {len(ids)} tokens that decode to "
+            f"{decoded[:60]!r}. It is broken or not the model's; point model.tokenizer (or "
+            "model.name_or_path) at the model's own tokenizer files."
+        )
+
+
+def check_targets(
+    examples: list[dict[str, list[int]]], split: str, tokenizer_path: str, max_length: int
+) -> None:
+    """Every encoded example must have a token to predict after the causal shift (a label
+    other than -100 past position 0); otherwise its loss is 0/0."""
+    if not examples:
+        raise ValueError(
+            f"GSM8K {split}: no example fits data.max_length={max_length} with the tokenizer "
+            f"at {tokenizer_path}; raise data.max_length"
+        )
+    empty = [i for i, e in enumerate(examples) if all(t == IGNORE_INDEX for t in e["labels"][1:])]
+    if empty:
+        raise ValueError(
+            f"GSM8K {split}: {len(empty)} of {len(examples)} encoded examples have no token to "
+            f"predict (e.g. example {empty[0]}: {len(examples[empty[0]]['input_ids'])} tokens); "
+            f"the tokenizer at {tokenizer_path} encodes the answers to nothing"
+        )
+
+
 def pack_examples(
     examples: list[dict[str, list[int]]], max_length: int
 ) -> list[dict[str, list[int]]]:
@@ -139,6 +195,7 @@ class GSM8KTask(Task):
     def setup(self, accelerator=None) -> None:
         from transformers import AutoTokenizer
 
+        require_sentencepiece_for(Path(self.tokenizer_path))
         self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
         if self.tokenizer.eos_token_id is None:
             raise ValueError(f"tokenizer {self.tokenizer_path} has no EOS token")
@@ -155,8 +212,13 @@ class GSM8KTask(Task):
             train, test = self._load_raw()
         limit = None if self.eval_examples is None else int(self.eval_examples)
         self.test_records = test[:limit]
+        if train:
+            sample = f"{format_prompt(train[0]['question'])} {train[0]['answer'].strip()}"
+            check_round_trip(self.tokenizer, sample, self.tokenizer_path)
         self.train_examples = self._encode(train, "train")
         self.val_examples = self._encode(self.test_records, "test")
+        for split, examples in (("train", self.train_examples), ("test", self.val_examples)):
+            check_targets(examples, split, self.tokenizer_path, self.max_length)
         if self.packing:
             self.train_examples = pack_examples(self.train_examples, self.max_length)
         log.info(
