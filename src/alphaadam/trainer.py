@@ -9,12 +9,13 @@ never looks at which optimizer or task it runs; it only reads an optimizer's
 Read :func:`train` first: a list of build steps, then nanoGPT's loop. What it calls
 follows, in the order it calls it:
 
-* :func:`open_run` -> :class:`Run`: the accelerator started, the run directory chosen
-  (nothing is written yet);
+* :func:`check_trainer_config` and :func:`open_run` -> :class:`Run`: the settings are
+  checked, the accelerator started, the run directory chosen (nothing is written yet);
 * :func:`build_parts` -> :class:`Parts` and :class:`TrainState`: task, model, optimizer,
-  schedule and data stream, restored from the latest checkpoint on resume;
-* :class:`RunRecord`: the run directory's files and the progress output; as a context
-  manager it writes the final status once, on every way out (``completed``, ``failed``);
+  schedule and data stream, restored from the newest complete checkpoint on resume;
+* :class:`~alphaadam.run_record.RunRecord` (its own module): the run directory's files
+  and the progress output; as a context manager it writes the final status once, on every
+  way out (``completed``, ``failed``, ``interrupted``);
 * the phases of one step: :func:`accumulate_gradients`, :func:`gather_step`,
   :func:`apply_update`, :func:`evaluate_and_record`, :func:`save_run_checkpoint`.
 """
@@ -24,58 +25,81 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
-from tqdm.auto import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import run_dir as rd
 from .checkpoint import (
-    latest_checkpoint,
+    find_resume_checkpoint,
     load_checkpoint,
     restore_optimizer,
     save_checkpoint,
     set_rng_state,
 )
-from .cpu_memory import configure_cpu_allocator
+from .cpu_memory import CPU_ALLOCATOR_CHOICES, configure_cpu_allocator
 from .optim.registry import build_optimizer
+from .run_record import NonFiniteLossError, RunInterrupted, RunRecord, task_name
 from .tasks.base import BatchStream, Task
 
 # Status lines; only the main process writes them (each call site checks).
 log = logging.getLogger(__name__)
 
-# The train record's aggregates over tensors of the optimizer's mask statistics.
-MASK_SUMMARY_KEYS = (
-    "alpha_mean",
-    "alpha_min",
-    "alpha_max",
-    "mask_density_mean",
-    "step_scale_mean",
-    "step_scale_std",
-    "step_scale_min",
-    "step_scale_max",
+T = TypeVar("T")
+
+#: Every key of the ``trainer`` config group; configs/trainer/default.yaml documents each
+#: (a test keeps the two equal). Any other key is a typo and refused.
+TRAINER_KEYS = (
+    "output_root",
+    "run_dir",
+    "resume",
+    "device",
+    "mixed_precision",
+    "compile",
+    "cpu_allocator",
+    "max_steps",
+    "max_epochs",
+    "micro_batch_size",
+    "gradient_accumulation_steps",
+    "grad_clip",
+    "lr_schedule",
+    "warmup_steps",
+    "warmup_ratio",
+    "min_lr_ratio",
+    "log_every",
+    "eval_every",
+    "eval_fractions",
+    "eval_at_epoch_end",
+    "eval_at_start",
+    "eval_at_end",
+    "checkpoint_every",
+    "save_final",
+    "keep_checkpoints",
+    "mask_stats_every",
+    "mask_stats_steps",
+    "nan_skip_budget",
+    "progress_bar",
 )
-
-
-class NonFiniteLossError(RuntimeError):
-    """More non-finite steps than ``trainer.nan_skip_budget`` allows."""
+LR_SCHEDULES = ("cosine", "linear", "constant")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+DEVICES = ("auto", "cpu")
 
 
 # ------------------------------------------------------------------------------- train
 def train(cfg: DictConfig) -> Path:
     """Run (or continue) one training run; returns its run directory."""
+    check_trainer_config(cfg.trainer)
     run = open_run(cfg)  # accelerator, run directory, new or resume
     if run.mode == "completed":
         if run.is_main:
@@ -90,6 +114,7 @@ def train(cfg: DictConfig) -> Path:
         if state.step == 0 and 0 in parts.eval_steps:
             evaluate_and_record(parts, state, record, accelerator)
         while state.step < parts.max_steps:
+            record.stop_if_signalled()  # a SIGTERM that another handler saw first
             lr = parts.scheduler.get_last_lr()[0]
             loss_sum, tokens = accumulate_gradients(parts, accelerator)  # batches, fwd, bwd
             grad_norm = accelerator.clip_grad_norm_(
@@ -116,11 +141,89 @@ def main(cfg: DictConfig) -> Path:
     try:
         return train(cfg)
     except NonFiniteLossError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if PartialState().is_main_process:
+            log.error(f"error: {exc}")
         raise SystemExit(1) from exc
+    except RunInterrupted as exc:
+        raise SystemExit(128 + exc.signum) from exc  # the shell's code for a signal
 
 
-# ------------------------------------------------------------------------------- run
+# ---------------------------------------------------------------------- settings, run
+def check_trainer_config(tc: DictConfig) -> None:
+    """Refuse a trainer setting the loop cannot run, before anything is built or written."""
+    unknown = sorted(set(tc) - set(TRAINER_KEYS))
+    if unknown:
+        raise ValueError(
+            f"Unknown trainer key(s): {', '.join(unknown)}. Valid keys are "
+            f"{', '.join(TRAINER_KEYS)} (configs/trainer/default.yaml documents each)."
+        )
+
+    def require(key: str, ok: bool, should: str) -> None:
+        if not ok:
+            raise ValueError(f"trainer.{key}={tc[key]!r}: {should}")
+
+    def count(key: str, least: int) -> None:
+        value = tc[key]
+        require(key, _is_int(value) and value >= least, f"must be a whole number >= {least}")
+
+    def number(key: str, ok: Callable[[float], bool], should: str) -> None:
+        value = tc[key]
+        require(key, value is None or (_is_number(value) and ok(value)), f"{should} (or null)")
+
+    if tc.max_epochs is None:
+        require(
+            "max_steps",
+            _is_int(tc.max_steps) and tc.max_steps >= 1,
+            "must be a whole number of optimizer steps >= 1 (or set trainer.max_epochs)",
+        )
+    number("max_epochs", lambda v: v > 0, "must be > 0")
+    count("micro_batch_size", 1)
+    count("gradient_accumulation_steps", 1)
+    number("grad_clip", lambda v: v >= 0, "must be >= 0 (0 = off)")
+    require("lr_schedule", tc.lr_schedule in LR_SCHEDULES, f"valid: {', '.join(LR_SCHEDULES)}")
+    if tc.warmup_steps is not None:
+        count("warmup_steps", 0)
+    number("warmup_ratio", lambda v: 0 <= v <= 1, "must lie in [0, 1]")
+    require(
+        "min_lr_ratio",
+        _is_number(tc.min_lr_ratio) and 0 <= tc.min_lr_ratio <= 1,
+        "must lie in [0, 1]",
+    )
+    count("log_every", 1)
+    for key in ("eval_every", "checkpoint_every", "mask_stats_every", "nan_skip_budget"):
+        count(key, 0)
+    count("keep_checkpoints", 1)
+    require(
+        "eval_fractions",
+        all(_is_number(f) and 0 < f <= 1 for f in tc.eval_fractions or []),
+        "every fraction must lie in (0, 1]",
+    )
+    require(
+        "mask_stats_steps",
+        all(_is_int(s) and s >= 1 for s in tc.mask_stats_steps or []),
+        "every step must be a whole number >= 1",
+    )
+    require(
+        "mixed_precision",
+        tc.mixed_precision in MIXED_PRECISION,
+        f"valid: {', '.join(MIXED_PRECISION)}",
+    )
+    require("device", tc.device in DEVICES, f"valid: {', '.join(DEVICES)}")
+    require(
+        "cpu_allocator",
+        tc.cpu_allocator in CPU_ALLOCATOR_CHOICES,
+        f"valid: {', '.join(CPU_ALLOCATOR_CHOICES)}",
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass
 class Run:
     """Where a run writes and whether it starts or continues (:func:`open_run`)."""
@@ -147,10 +250,23 @@ def open_run(cfg: DictConfig) -> Run:
             f"trainer.gradient_accumulation_steps={tc.gradient_accumulation_steps} counts micro-"
             f"batches per optimizer step over all processes; it must be divisible by the {world} processes"
         )
-    choice = [rd.resolve_run_dir(cfg) if accelerator.is_main_process else None]
-    broadcast_object_list(choice)
-    path, mode = choice[0]
+    path, mode = decided_on_main(accelerator, lambda: rd.resolve_run_dir(cfg))
     return Run(accelerator, path, mode)
+
+
+def decided_on_main(accelerator: Accelerator, decide: Callable[[], T]) -> T:
+    """``decide()`` run on the main process; its result, or its error, on every process."""
+    outcome: list[Any] = [None]
+    if accelerator.is_main_process:
+        try:
+            outcome = [(True, decide())]
+        except Exception as err:  # raised on every process below, not only here
+            outcome = [(False, err)]
+    broadcast_object_list(outcome)
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 # ----------------------------------------------------------------------------- parts
@@ -195,11 +311,11 @@ def build_task(cfg: DictConfig) -> Task:
 
 def build_parts(cfg: DictConfig, run: Run) -> tuple[Parts, TrainState]:
     """Task, model, optimizer, schedule and data stream; on resume, restored from the
-    latest checkpoint (model weights before device placement and sharding, the
+    newest complete checkpoint (model weights before device placement and sharding, the
     rest after ``accelerator.prepare``). Returns them with the run's :class:`TrainState`."""
     tc, accelerator = cfg.trainer, run.accelerator
     world, rank = accelerator.num_processes, accelerator.process_index
-    checkpoint = latest_checkpoint(run.dir / rd.CHECKPOINTS) if run.mode == "resume" else None
+    checkpoint = resume_checkpoint(run) if run.mode == "resume" else None
     set_seed(cfg.seed)  # identical initial weights on every process
     task = build_task(cfg)
     task.setup(accelerator)
@@ -260,13 +376,25 @@ def build_parts(cfg: DictConfig, run: Run) -> tuple[Parts, TrainState]:
     return parts, state
 
 
+def resume_checkpoint(run: Run) -> Path:
+    """The run's newest complete checkpoint; newer damaged ones are named and set aside."""
+    ckpt_root = run.dir / rd.CHECKPOINTS
+    world = run.accelerator.num_processes
+    checkpoint, damaged = decided_on_main(
+        run.accelerator, lambda: find_resume_checkpoint(ckpt_root, world)
+    )
+    for line in damaged if run.is_main else []:
+        log.warning(f"Checkpoint {line}; resuming from {checkpoint.name}, the newest complete one.")
+    return checkpoint
+
+
 def total_steps(tc: DictConfig, steps_per_epoch: int | None, task: Task) -> int:
     """``trainer.max_steps``, or ``ceil(max_epochs x steps_per_epoch)`` for epoch-based tasks."""
     if not tc.max_epochs:
         return int(tc.max_steps)
     if not steps_per_epoch:
         raise ValueError(
-            f"trainer.max_epochs is set but task {_task_name(task)!r} has no epochs; use trainer.max_steps"
+            f"trainer.max_epochs is set but task {task_name(task)!r} has no epochs; use trainer.max_steps"
         )
     return math.ceil(tc.max_epochs * steps_per_epoch)
 
@@ -275,9 +403,9 @@ def warmup_cosine(warmup_steps: int, max_steps: int, min_lr_ratio: float, schedu
     """nanoGPT's ``get_lr`` as a multiplier of the base lr: linear warm-up over
     ``warmup_steps``, then cosine decay to ``min_lr_ratio`` at ``max_steps``
     (``schedule="constant"`` keeps 1 after the warm-up, ``"linear"`` decays linearly)."""
-    if schedule not in ("cosine", "linear", "constant"):
+    if schedule not in LR_SCHEDULES:
         raise ValueError(
-            f"Unknown trainer.lr_schedule {schedule!r}; valid choices are cosine, linear, constant"
+            f"Unknown trainer.lr_schedule {schedule!r}; valid choices are {', '.join(LR_SCHEDULES)}"
         )
 
     def factor(step: int) -> float:
@@ -308,10 +436,6 @@ def eval_steps(tc: DictConfig, max_steps: int, steps_per_epoch: int | None) -> s
     if tc.eval_at_start:
         steps.add(0)
     return steps
-
-
-def _task_name(task: Task) -> str:
-    return getattr(task, "name", "") or type(task).__module__.rsplit(".", 1)[-1]
 
 
 # ------------------------------------------------------------------------ train state
@@ -491,233 +615,4 @@ def save_run_checkpoint(run: Run, parts: Parts, state: TrainState, keep: int) ->
     )
 
 
-def read_mask_statistics(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, dict]:
-    """The optimizer's per-tensor alpha, mask density and step scale as floats (one host
-    sync), by parameter name; empty for an optimizer without a mask."""
-    read = getattr(optimizer, "read_mask_statistics", None)
-    return read(model.named_parameters()) if callable(read) else {}
-
-
-def summarize_mask_statistics(stats: dict[str, dict[str, float]]) -> dict[str, float]:
-    """The train record's mean/min/max over tensors (population sd for the step scale)."""
-    # float32, the dtype the optimizer keeps them in, so the aggregates are those of the
-    # stored values.
-    table = torch.tensor(
-        [[s["alpha"], s["mask_density"], s["step_scale"]] for s in stats.values()],
-        dtype=torch.float32,
-    )
-    alpha, density, scale = table.unbind(1)
-    values = torch.stack(
-        [
-            alpha.mean(),
-            alpha.min(),
-            alpha.max(),
-            density.mean(),
-            scale.mean(),
-            scale.std(correction=0),
-            scale.min(),
-            scale.max(),
-        ]
-    ).tolist()
-    return dict(zip(MASK_SUMMARY_KEYS, values))
-
-
 # ------------------------------------------------------------------------ run record
-class RunRecord:
-    """The run directory's records (config.yaml, summary.json, metrics.jsonl,
-    mask_stats.jsonl, events.jsonl; main process only) and the progress output.
-
-    As a context manager it writes the final status once, on every way out after
-    :meth:`start`: ``completed``, or ``failed`` with the error.
-    """
-
-    def __init__(self, run: Run, cfg: DictConfig) -> None:
-        self.run, self.cfg, self.tc = run, cfg, cfg.trainer
-        self.main = run.is_main
-        self.parts: Parts | None = None
-        self.state: TrainState | None = None
-        self.header: dict[str, Any] | None = None
-        self.metrics: rd.MetricsLog | None = None
-        self.bar: tqdm | None = None
-        self._exits = contextlib.ExitStack()
-
-    def __enter__(self) -> RunRecord:
-        return self
-
-    def start(self, parts: Parts, state: TrainState) -> None:
-        """Create the run's files, write ``running``, start the clock and the progress."""
-        run, cfg, tc = self.run, self.cfg, self.tc
-        self.parts, self.state = parts, state
-        if self.main:
-            run.dir.mkdir(parents=True, exist_ok=True)
-            (run.dir / rd.CHECKPOINTS).mkdir(exist_ok=True)
-            for name in (rd.METRICS, rd.MASK_STATS, rd.EVENTS):
-                if run.mode == "new":  # records of an earlier attempt that never checkpointed
-                    (run.dir / name).unlink(missing_ok=True)
-                else:  # a resumed run re-logs the steps after its checkpoint
-                    rd.truncate_jsonl(run.dir / name, state.step)
-            saved = OmegaConf.to_container(cfg, resolve=True)
-            saved["trainer"]["run_dir"] = str(run.dir)
-            OmegaConf.save(OmegaConf.create(saved), run.dir / rd.CONFIG)
-        self.metrics = rd.MetricsLog(run.dir, cfg, enabled=self.main)
-        accelerator = run.accelerator
-        self.header = {
-            "status": "running",
-            "experiment": cfg.experiment_name,
-            "task": _task_name(parts.task),
-            "dataset": cfg.data.get("name"),
-            "optimizer": cfg.optimizer.name,
-            "lr": cfg.optimizer.lr,
-            "seed": cfg.seed,
-            "max_steps": parts.max_steps,
-            "primary_metric": parts.task.primary_metric,
-            "primary_mode": parts.task.primary_mode,
-            "git_sha": rd.git_sha(),
-            "torch_version": torch.__version__,
-            "device": torch.cuda.get_device_name(accelerator.device)
-            if accelerator.device.type == "cuda"
-            else accelerator.device.type,
-            "num_processes": accelerator.num_processes,
-            "global_batch_size": parts.global_batch,
-            "run_dir": str(run.dir),
-        }
-        self.write_summary("running")
-        if self.main:
-            log.info(f"{'Resuming' if run.mode == 'resume' else 'Starting'} run in {run.dir}")
-        state.start_clock()
-        self._last_log = (time.perf_counter(), state.tokens)
-        self.bar = tqdm(
-            total=parts.max_steps,
-            initial=state.step,
-            disable=not (self.main and tc.progress_bar),
-            dynamic_ncols=True,
-            desc=str(cfg.experiment_name),
-        )
-        if not self.bar.disable:
-            self._exits.enter_context(logging_redirect_tqdm())  # log lines above the bar
-
-    def write_summary(self, status: str, **extra: Any) -> None:
-        if not self.main:
-            return
-        state = self.state
-        rd.write_json_atomic(
-            self.run.dir / rd.SUMMARY,
-            {
-                **self.header,
-                "status": status,
-                "steps": state.step,
-                "tokens": state.tokens,
-                "wall_time_s": state.wall_time_s,
-                "skipped_steps": state.skipped_steps,
-                "final": {"train_loss": state.train_loss, **state.final_eval},
-                "best": state.best,
-                # Mean over the logged steps of the mean over tensors of the lr multiplier
-                # a masked update applied (alpha * d / (nnz + 1)); null without a mask.
-                "step_scale_mean": state.step_scale_mean,
-                **extra,
-            },
-        )
-
-    def after_step(self, state: TrainState, result: StepResult) -> None:
-        """The step's records on their schedules: the train record (every
-        ``trainer.log_every`` steps, step 1 and the last), the per-tensor mask statistics
-        (``trainer.mask_stats_every`` / ``mask_stats_steps``), the progress."""
-        parts, tc, step = self.parts, self.tc, state.step
-        self.bar.update(1)
-        log_due = step % tc.log_every == 0 or step == 1 or step == parts.max_steps
-        stats_due = bool(tc.mask_stats_every and step % tc.mask_stats_every == 0) or (
-            step in parts.mask_stats_steps
-        )
-        if not (log_due or stats_due):
-            return
-        stats = read_mask_statistics(parts.raw_optimizer, parts.raw_model)
-        if log_due:
-            self._log_train(state, result, stats)
-        if stats_due and stats:
-            self.metrics.write_many(
-                [{"step": step, "param": name, **values} for name, values in stats.items()],
-                rd.MASK_STATS,
-            )
-
-    def _log_train(self, state: TrainState, result: StepResult, stats: dict) -> None:
-        now = time.perf_counter()
-        tokens_per_s = (state.tokens - self._last_log[1]) / max(now - self._last_log[0], 1e-9)
-        self._last_log = (now, state.tokens)
-        record = {
-            "kind": "train",
-            "step": state.step,
-            "epoch": self.parts.epoch(state.step),
-            "loss": result.loss,
-            "lr": result.lr,
-            "tokens": state.tokens,
-            "time": state.wall_time_s,
-            "grad_norm": result.grad_norm,
-            "tokens_per_s": tokens_per_s,
-        }
-        if stats:
-            record.update(summarize_mask_statistics(stats))
-            state.add_step_scale(record["step_scale_mean"])
-        self.metrics.write(record)
-        if not self.bar.disable:
-            self.bar.set_postfix(
-                loss=f"{result.loss:.4f}", lr=f"{result.lr:.2e}", tok_s=f"{tokens_per_s:,.0f}"
-            )
-
-    def log_eval(self, state: TrainState, results: dict[str, float]) -> None:
-        step = state.step
-        self.metrics.write(
-            {
-                "kind": "eval",
-                "step": step,
-                "epoch": self.parts.epoch(step),
-                "fraction": step / self.parts.max_steps,
-                **results,
-            }
-        )
-        if self.main:
-            log.info(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
-
-    def skip(self, state: TrainState, result: StepResult) -> None:
-        """Log a skipped non-finite step; raise once more than ``trainer.nan_skip_budget``
-        steps were skipped."""
-        self.metrics.write(
-            {
-                "kind": "skip",
-                "step": state.step,
-                "loss": result.loss,
-                "grad_norm": result.grad_norm,
-                "skipped_steps": state.skipped_steps,
-            },
-            rd.EVENTS,
-        )
-        if state.skipped_steps > self.tc.nan_skip_budget:
-            raise NonFiniteLossError(
-                f"non-finite loss {result.loss} / grad norm {result.grad_norm} at step "
-                f"{state.step + 1}: {state.skipped_steps} bad steps exceed "
-                f"trainer.nan_skip_budget={self.tc.nan_skip_budget}. The last good checkpoint "
-                f"is kept in {self.run.dir / rd.CHECKPOINTS}; lower the lr or raise the budget."
-            )
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        try:
-            if self.bar is not None:
-                self.bar.close()
-            if self.header is not None:
-                status, error = _final_status(exc)
-                self.write_summary(status, **({} if error is None else {"error": error}))
-            if self.metrics is not None:
-                self.metrics.close()
-        finally:
-            self._exits.close()
-        if exc is None:
-            if self.main:
-                log.info(f"Run directory: {self.run.dir}")
-            self.run.accelerator.wait_for_everyone()
-
-
-def _final_status(exc: BaseException | None) -> tuple[str, str | None]:
-    if exc is None:
-        return "completed", None
-    if isinstance(exc, NonFiniteLossError):
-        return "failed", str(exc)
-    return "failed", f"{type(exc).__name__}: {exc}"
