@@ -369,6 +369,16 @@ def test_malformed_and_unfinished_runs_are_reported_and_skipped(tmp_path: Path):
     )
 
 
+def test_an_interrupted_run_is_reported_as_not_completed_not_as_malformed(tmp_path: Path):
+    write_run(tmp_path, "done", evals={1.0: 3.2})
+    write_run(tmp_path, "preempted", status="interrupted", seed=2, evals={1.0: 0.1})
+    runs = load_runs(tmp_path)
+    assert [r.path.name for r in runs.runs] == ["done"]
+    assert runs.malformed == []
+    assert [p.run_dir.name for p in runs.not_completed] == ["preempted"]
+    assert "status='interrupted'" in runs.report()
+
+
 def test_resumed_run_keeps_the_later_record_of_a_replayed_step(tmp_path: Path):
     run = write_run(tmp_path, "r", evals={0.2: 4.0, 0.4: 3.5, 0.6: 3.3, 1.0: 3.2})
     with open(run / "metrics.jsonl", "a") as fh:

@@ -25,7 +25,7 @@ METRICS = "metrics.jsonl"
 MASK_STATS = "mask_stats.jsonl"
 CONFIG = "config.yaml"
 
-VALID_STATUSES = ("running", "completed", "failed")
+VALID_STATUSES = ("running", "completed", "failed", "interrupted")
 VALID_TASKS = ("lm", "glue", "gsm8k")
 # Directories that never hold runs of their own (checkpoint payloads, submitit logs, Hydra).
 _PRUNED_DIRS = {"checkpoints", ".submitit", ".hydra", "wandb", "tables", "figures", "paper"}

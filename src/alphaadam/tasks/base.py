@@ -9,13 +9,22 @@ GLUE classification/regression and GSM8K supervised fine-tuning are each one ``T
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 Batch = dict[str, torch.Tensor]
+
+
+def cfg_get(cfg: Mapping | None, key: str, default: Any = None) -> Any:
+    """``cfg[key]`` of a task's ``data``/``model`` config node; ``default`` when the node or
+    the key is missing or the value is null (so ``key: null`` in YAML means "the default")."""
+    if cfg is None:
+        return default
+    value = cfg.get(key, default)
+    return default if value is None else value
 
 
 class BatchStream(abc.ABC):

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alphaadam.tasks.base import Batch, Task
-from alphaadam.tasks.epoch_stream import EpochBatchStream, epoch_steps
+from .base import Batch, Task, cfg_get
+from .epoch_stream import EpochBatchStream, epoch_steps
 
 log = logging.getLogger(__name__)
 
@@ -199,13 +199,6 @@ def load_glue_split(spec: GlueSpec, split: str, glue_dir: str | None, hf_dataset
     return [{**{c: row[c] for c in spec.text_columns}, "label": row["label"]} for row in ds]
 
 
-def _cfg_get(cfg: Mapping | None, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default)
-    return default if value is None else value
-
-
 class GlueTask(Task):
     """One GLUE task. ``data``: ``task``, ``glue_dir`` (local tsv root, else the hub),
     ``hf_dataset``, ``max_length`` (512), ``eval_batch_size``. ``model``: ``name_or_path``
@@ -215,14 +208,14 @@ class GlueTask(Task):
     primary_mode = "max"
 
     def __init__(self, data: Mapping | None = None, model: Mapping | None = None):
-        self.spec = glue_spec(_cfg_get(data, "task", "rte"))
+        self.spec = glue_spec(cfg_get(data, "task", "rte"))
         self.primary_metric = self.spec.primary_metric
-        self.glue_dir = _cfg_get(data, "glue_dir")
-        self.hf_dataset = _cfg_get(data, "hf_dataset", HF_GLUE_DATASET)
-        self.max_length = int(_cfg_get(data, "max_length", 512))
-        self.eval_batch_size = int(_cfg_get(data, "eval_batch_size", 64))
-        self.model_path = str(_cfg_get(model, "name_or_path", DEFAULT_MODEL))
-        self.tokenizer_path = str(_cfg_get(model, "tokenizer", self.model_path))
+        self.glue_dir = cfg_get(data, "glue_dir")
+        self.hf_dataset = cfg_get(data, "hf_dataset", HF_GLUE_DATASET)
+        self.max_length = int(cfg_get(data, "max_length", 512))
+        self.eval_batch_size = int(cfg_get(data, "eval_batch_size", 64))
+        self.model_path = str(cfg_get(model, "name_or_path", DEFAULT_MODEL))
+        self.tokenizer_path = str(cfg_get(model, "tokenizer", self.model_path))
         self.tokenizer = None
         self.train_examples: list[dict[str, Any]] | None = None
         self.dev_examples: list[dict[str, Any]] | None = None
@@ -312,7 +305,7 @@ class GlueTask(Task):
     @property
     def metric(self):
         if self._metric is None:
-            from alphaadam.eval import load_glue_metric
+            from ..eval import load_glue_metric
 
             self._metric = load_glue_metric(self.spec.name)
         return self._metric

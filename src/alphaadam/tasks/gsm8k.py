@@ -27,10 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from alphaadam.eval.gsm8k import format_prompt, read_gsm8k_jsonl, score_gsm8k
-from alphaadam.tasks.base import Batch, Task
-from alphaadam.tasks.epoch_stream import EpochBatchStream, epoch_steps
-from alphaadam.tasks.glue import _cfg_get
+from ..eval.gsm8k import format_prompt, read_gsm8k_jsonl, score_gsm8k
+from .base import Batch, Task, cfg_get
+from .epoch_stream import EpochBatchStream, epoch_steps
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +88,62 @@ def tokenize_sft_batch(
     return out
 
 
+def require_sentencepiece_for(folder: Path) -> None:
+    """A local tokenizer given only as SentencePiece's ``tokenizer.model`` (Llama's) is read
+    through ``sentencepiece`` and ``protobuf``; without them transformers fails with a
+    parse error that does not say so."""
+    if not (folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file():
+        return
+    missing = [m for m in ("sentencepiece", "google.protobuf") if not _importable(m)]
+    if missing:
+        raise ImportError(
+            f"{folder / 'tokenizer.model'} is a SentencePiece tokenizer and reading it needs "
+            f"{' and '.join(m.split('.')[-1] for m in missing)}: pip install 'alphaadam[eval]'"
+        )
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package is missing
+        return False
+
+
+def check_round_trip(tokenizer, text: str, tokenizer_path: str) -> None:
+    """Refuse a tokenizer that cannot decode what it encodes (up to whitespace): a broken or
+    foreign ``tokenizer.model`` would otherwise train on sequences that carry no text."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    decoded = tokenizer.decode(ids, skip_special_tokens=True)
+    if " ".join(decoded.split()) != " ".join(text.split()):
+        raise ValueError(
+            f"the tokenizer at {tokenizer_path} does not round-trip text (vocabulary size "
+            f"{len(tokenizer)}): {text[:60]!r}... encodes to {len(ids)} tokens that decode to "
+            f"{decoded[:60]!r}. It is broken or not the model's; point model.tokenizer (or "
+            "model.name_or_path) at the model's own tokenizer files."
+        )
+
+
+def check_targets(
+    examples: list[dict[str, list[int]]], split: str, tokenizer_path: str, max_length: int
+) -> None:
+    """Every encoded example must have a token to predict after the causal shift (a label
+    other than -100 past position 0); otherwise its loss is 0/0."""
+    if not examples:
+        raise ValueError(
+            f"GSM8K {split}: no example fits data.max_length={max_length} with the tokenizer "
+            f"at {tokenizer_path}; raise data.max_length"
+        )
+    empty = [i for i, e in enumerate(examples) if all(t == IGNORE_INDEX for t in e["labels"][1:])]
+    if empty:
+        raise ValueError(
+            f"GSM8K {split}: {len(empty)} of {len(examples)} encoded examples have no token to "
+            f"predict (e.g. example {empty[0]}: {len(examples[empty[0]]['input_ids'])} tokens); "
+            f"the tokenizer at {tokenizer_path} encodes the answers to nothing"
+        )
+
+
 def pack_examples(
     examples: list[dict[str, list[int]]], max_length: int
 ) -> list[dict[str, list[int]]]:
@@ -121,16 +176,16 @@ class GSM8KTask(Task):
     primary_mode = "min"
 
     def __init__(self, data: Mapping | None = None, model: Mapping | None = None):
-        self.path = _cfg_get(data, "path")
-        self.hf_dataset = _cfg_get(data, "hf_dataset", HF_GSM8K_DATASET)
-        self.max_length = int(_cfg_get(data, "max_length", 512))
-        self.packing = bool(_cfg_get(data, "packing", False))
-        self.eval_batch_size = int(_cfg_get(data, "eval_batch_size", 8))
-        self.eval_examples = _cfg_get(data, "eval_examples")
-        self.eval_generate_examples = int(_cfg_get(data, "eval_generate_examples", 0))
-        self.max_new_tokens = int(_cfg_get(data, "max_new_tokens", 256))
-        self.scratch_config = _cfg_get(model, "config")
-        if self.scratch_config is not None and _cfg_get(model, "name_or_path") is not None:
+        self.path = cfg_get(data, "path")
+        self.hf_dataset = cfg_get(data, "hf_dataset", HF_GSM8K_DATASET)
+        self.max_length = int(cfg_get(data, "max_length", 512))
+        self.packing = bool(cfg_get(data, "packing", False))
+        self.eval_batch_size = int(cfg_get(data, "eval_batch_size", 8))
+        self.eval_examples = cfg_get(data, "eval_examples")
+        self.eval_generate_examples = int(cfg_get(data, "eval_generate_examples", 0))
+        self.max_new_tokens = int(cfg_get(data, "max_new_tokens", 256))
+        self.scratch_config = cfg_get(model, "config")
+        if self.scratch_config is not None and cfg_get(model, "name_or_path") is not None:
             raise ValueError(
                 "model.name_or_path and model.config are exclusive: a pretrained model or one "
                 "built from scratch from its config; set the other to null"
@@ -138,25 +193,26 @@ class GSM8KTask(Task):
         self.model_path = (
             None
             if self.scratch_config is not None
-            else str(_cfg_get(model, "name_or_path", DEFAULT_MODEL))
+            else str(cfg_get(model, "name_or_path", DEFAULT_MODEL))
         )
-        tokenizer = _cfg_get(model, "tokenizer", self.model_path)
+        tokenizer = cfg_get(model, "tokenizer", self.model_path)
         if tokenizer is None:
             raise ValueError("a model built from model.config needs model.tokenizer (a directory)")
         self.tokenizer_path = str(tokenizer)
-        self.tokenizer_class = str(_cfg_get(model, "tokenizer_class", "AutoTokenizer"))
-        dtype = str(_cfg_get(model, "dtype", "float32"))
+        self.tokenizer_class = str(cfg_get(model, "tokenizer_class", "AutoTokenizer"))
+        dtype = str(cfg_get(model, "dtype", "float32"))
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype {dtype!r}; valid: float32, bfloat16, float16")
         self.dtype = getattr(torch, dtype)
-        self.gradient_checkpointing = bool(_cfg_get(model, "gradient_checkpointing", False))
-        self.attn_implementation = _cfg_get(model, "attn_implementation")
+        self.gradient_checkpointing = bool(cfg_get(model, "gradient_checkpointing", False))
+        self.attn_implementation = cfg_get(model, "attn_implementation")
         self.tokenizer = None
         self.train_examples: list[dict[str, list[int]]] | None = None
 
     def setup(self, accelerator=None) -> None:
         import transformers
 
+        require_sentencepiece_for(Path(self.tokenizer_path))
         tokenizer_cls = getattr(transformers, self.tokenizer_class, None)
         if tokenizer_cls is None or not hasattr(tokenizer_cls, "from_pretrained"):
             raise ValueError(
@@ -179,8 +235,13 @@ class GSM8KTask(Task):
             train, test = self._load_raw()
         limit = None if self.eval_examples is None else int(self.eval_examples)
         self.test_records = test[:limit]
+        if train:
+            sample = f"{format_prompt(train[0]['question'])} {train[0]['answer'].strip()}"
+            check_round_trip(self.tokenizer, sample, self.tokenizer_path)
         self.train_examples = self._encode(train, "train")
         self.val_examples = self._encode(self.test_records, "test")
+        for split, examples in (("train", self.train_examples), ("test", self.val_examples)):
+            check_targets(examples, split, self.tokenizer_path, self.max_length)
         if self.packing:
             self.train_examples = pack_examples(self.train_examples, self.max_length)
         log.info(

@@ -125,11 +125,16 @@ class LMTask(Task):
             self.splits = smoke_cache(
                 self.tokenizer, d.get("val_fraction", 0.1), d.get("corpus_seed", 0)
             )
+            self._check_splits("the smoke corpus")
             return
         with accelerator.main_process_first():  # tokenise once; the other ranks read the cache
             if d["source"] == "text":
                 folder = text_cache(
-                    d["path"], self.tokenizer, d["cache_dir"], d.get("val_fraction", 0.1)
+                    d["path"],
+                    self.tokenizer,
+                    d["cache_dir"],
+                    d.get("val_fraction", 0.1),
+                    min_split_tokens=self.block_size + 1,
                 )
             else:
                 folder = openwebtext_cache(
@@ -138,6 +143,18 @@ class LMTask(Task):
         self.splits = {
             s: np.memmap(folder / f"{s}.bin", dtype=np.uint16, mode="r") for s in ("train", "val")
         }
+        self._check_splits(", ".join(d["path"]) if d["source"] == "text" else str(folder))
+
+    def _check_splits(self, source: str) -> None:
+        # A cache made for a smaller block_size can be too short for this one; found now,
+        # before the run directory exists, not at the first batch.
+        for split, tokens in self.splits.items():
+            if len(tokens) < self.block_size + 1:
+                raise ValueError(
+                    f"data ({source}): the {split} split has {len(tokens)} tokens, fewer than "
+                    f"one window of data.block_size + 1 = {self.block_size + 1}. Use more "
+                    "text or a smaller data.block_size."
+                )
 
     @property
     def block_size(self) -> int:
