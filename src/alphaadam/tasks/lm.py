@@ -18,6 +18,21 @@ from ..models.gpt import build_gpt
 from .base import Batch, BatchStream, Task
 
 SOURCES = ("smoke", "text", "openwebtext")
+_OPENWEBTEXT_KEYS = (
+    "hf_dataset",
+    "hf_revision",
+    "local_dir",
+    "expected_documents",
+    "expected_train_tokens",
+    "count_tolerance",
+    "num_proc",
+)
+
+
+def openwebtext_options(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``openwebtext_cache`` arguments a data config sets (absent keys keep the defaults)."""
+    return {k: data[k] for k in _OPENWEBTEXT_KEYS if k in data}
+
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -88,7 +103,9 @@ class LMTask(Task):
 
     ``data`` keys: ``name``, ``source`` (smoke | text | openwebtext), ``path`` (text files),
     ``tokenizer`` (gpt2 | byte), ``tokenizer_dir``, ``block_size``, ``val_fraction``,
-    ``cache_dir``, ``eval_iters``, ``eval_batch_size``, ``num_proc``.
+    ``cache_dir``, ``eval_iters``, ``eval_batch_size``; for OpenWebText also
+    ``hf_dataset``, ``hf_revision``, ``local_dir``, ``expected_documents``,
+    ``expected_train_tokens``, ``count_tolerance``, ``num_proc``.
     ``model`` keys: the ``build_gpt`` arguments except ``vocab_size`` (``null`` = the
     tokenizer's, padded up to ``pad_vocab_multiple``).
     """
@@ -132,9 +149,7 @@ class LMTask(Task):
                     d["path"], self.tokenizer, d["cache_dir"], d.get("val_fraction", 0.1)
                 )
             else:
-                folder = openwebtext_cache(
-                    self.tokenizer, d["cache_dir"], num_proc=d.get("num_proc", 8)
-                )
+                folder = openwebtext_cache(self.tokenizer, d["cache_dir"], **openwebtext_options(d))
         self.splits = {
             s: np.memmap(folder / f"{s}.bin", dtype=np.uint16, mode="r") for s in ("train", "val")
         }
