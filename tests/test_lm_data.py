@@ -95,25 +95,6 @@ def test_text_cache_separates_files_with_end_of_text():
     assert tokens.tolist() == [97, 98, eot, *map(ord, "cdefghijklmnopqrst"), eot]
 
 
-def test_openwebtext_says_when_it_needs_the_network(tmp_path, monkeypatch):
-    import datasets
-
-    gpt2_like = Tokenizer("gpt2", 50257, 50256, lambda s: [0], lambda ids: "")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    with pytest.raises(RuntimeError, match="downloads Skylion007/openwebtext.*HF_HUB_OFFLINE"):
-        corpus.openwebtext_cache(gpt2_like, tmp_path)
-
-    def unreachable(*args, **kwargs):
-        raise ConnectionError("Couldn't reach 'Skylion007/openwebtext' on the Hub")
-
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(datasets, "load_dataset", unreachable)
-    with pytest.raises(RuntimeError, match="needs network access the first time"):
-        corpus.openwebtext_cache(gpt2_like, tmp_path)
-    with pytest.raises(ValueError, match="GPT-2 tokenizer"):
-        corpus.openwebtext_cache(build_tokenizer("byte"), tmp_path)
-
-
 # ------------------------------------------------------------------------- windows
 def _tokens(n=5000):
     return np.arange(n, dtype=np.uint16) % 50000

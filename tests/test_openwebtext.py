@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import tarfile
 from pathlib import Path
 
@@ -225,6 +226,16 @@ def test_gated_and_unreachable_hub_name_the_local_settings(tmp_path, hf_home, mo
     assert "data.local_dir=<dir>" in str(err.value) and "train.bin" in str(err.value)
 
     from huggingface_hub import constants
+
+    # No network: nothing listens on the endpoint's port.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(HubAccessError) as err:
+        _prepare(tmp_path / "cache", 1, 1)
+    assert err.value.problem == "unreachable"
+    assert "no connection to the Hub" in str(err.value) and "Connection refused" in str(err.value)
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(HubAccessError) as err:

@@ -212,9 +212,17 @@ def hub_access_message(
             "is reachable, with the same HF_HOME, to cache it; or use a local copy: "
             f"{local_hint}."
         )
-    if cause is not None:
+    if cause is not None and not (problem == UNREACHABLE and _offline()):
+        # Offline, the library's own words ("set local_files_only to False") only mislead.
         text += f"\n(Hub: {_summary(cause)})"
     return text
+
+
+def looks_local(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` can only be a local path, never a Hub id (``name`` or
+    ``namespace/name``)."""
+    text = str(name_or_path)
+    return text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text
 
 
 @contextlib.contextmanager
@@ -227,6 +235,10 @@ def hub_access(
     setting that loads it from local files. A local directory never reaches the Hub, so its
     errors (a missing file) pass through unchanged, as do errors that are not about the Hub.
     """
+    if looks_local(repo_id) and not Path(str(repo_id)).expanduser().exists():
+        # Hub ids have no leading "/", "." or "~" and at most one "/": this was meant as a
+        # folder, and the hub's "Repo id must be in the form ..." would only confuse.
+        raise FileNotFoundError(f"{what} {repo_id}: no such local file or directory")
     try:
         yield
     except HubAccessError:

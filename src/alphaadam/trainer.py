@@ -36,6 +36,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .cpu_memory import configure_cpu_allocator
+from .hub import HubAccessError
 from .optim.alphaadam import STAT_KEYS
 from .optim.registry import build_optimizer
 from .tasks.base import Task
@@ -485,6 +486,6 @@ def main(cfg: DictConfig) -> Path:
     """Entry point behind ``train.py`` (Hydra has composed ``cfg``)."""
     try:
         return train(cfg)
-    except NonFiniteLossError as exc:
+    except (NonFiniteLossError, HubAccessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from exc

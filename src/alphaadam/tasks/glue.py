@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alphaadam.hub import GLUE_HINT, MODEL_HINT, TOKENIZER_HINT, hub_access
 from alphaadam.tasks.base import Batch, Task
 from alphaadam.tasks.epoch_stream import EpochBatchStream, epoch_steps
 
@@ -189,13 +190,8 @@ def load_glue_split(spec: GlueSpec, split: str, glue_dir: str | None, hf_dataset
     import datasets
 
     hub_split = {"train": "train", "dev": "validation"}[split]
-    try:
+    with hub_access("GLUE dataset", hf_dataset, GLUE_HINT, repo_type="dataset"):
         ds = datasets.load_dataset(hf_dataset, spec.name, split=hub_split)
-    except Exception as err:  # noqa: BLE001 - re-raised with the offline alternative named
-        raise RuntimeError(
-            f"could not load {hf_dataset}/{spec.name} from the hub ({err}); "
-            "offline, set data.glue_dir to a directory in the GLUE tsv layout"
-        ) from err
     return [{**{c: row[c] for c in spec.text_columns}, "label": row["label"]} for row in ds]
 
 
@@ -232,7 +228,8 @@ class GlueTask(Task):
     def setup(self, accelerator=None) -> None:
         from transformers import AutoTokenizer, DataCollatorWithPadding
 
-        self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+        with hub_access("Tokenizer", self.tokenizer_path, _tokenizer_hint(self)):
+            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
         self._collator = DataCollatorWithPadding(self.tokenizer)
         if accelerator is not None:
             with accelerator.main_process_first():
@@ -289,13 +286,14 @@ class GlueTask(Task):
     def build_model(self) -> nn.Module:
         from transformers import AutoModelForSequenceClassification
 
-        return AutoModelForSequenceClassification.from_pretrained(
-            self.model_path,
-            num_labels=self.spec.num_labels,
-            problem_type=(
-                "regression" if self.spec.is_regression else "single_label_classification"
-            ),
-        )
+        with hub_access("Model", self.model_path, MODEL_HINT):
+            return AutoModelForSequenceClassification.from_pretrained(
+                self.model_path,
+                num_labels=self.spec.num_labels,
+                problem_type=(
+                    "regression" if self.spec.is_regression else "single_label_classification"
+                ),
+            )
 
     def compute_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         logits = model(**_inputs(batch, model)).logits
@@ -358,6 +356,11 @@ class GlueTask(Task):
         refs = [ex["labels"] for ex in self.dev_examples]
         metrics = self.metric.compute(predictions=pred.tolist(), references=refs)
         return {"val_loss": float(loss.double().mean()), **metrics}
+
+
+def _tokenizer_hint(task) -> str:
+    """The local setting for a task's tokenizer: its own key when set apart from the model."""
+    return TOKENIZER_HINT if task.tokenizer_path != task.model_path else MODEL_HINT
 
 
 def _inputs(batch: Batch, model: nn.Module) -> dict[str, torch.Tensor]:

@@ -28,9 +28,10 @@ import torch
 from torch import nn
 
 from alphaadam.eval.gsm8k import format_prompt, read_gsm8k_jsonl, score_gsm8k
+from alphaadam.hub import GSM8K_HINT, MODEL_HINT, hub_access
 from alphaadam.tasks.base import Batch, Task
 from alphaadam.tasks.epoch_stream import EpochBatchStream, epoch_steps
-from alphaadam.tasks.glue import _cfg_get
+from alphaadam.tasks.glue import _cfg_get, _tokenizer_hint
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,8 @@ def load_gsm8k_split(split: str, path: str | None, hf_dataset: str) -> list[dict
         return read_gsm8k_jsonl(p if split == "train" else p.with_name("test.jsonl"))
     import datasets
 
-    try:
+    with hub_access("GSM8K dataset", hf_dataset, GSM8K_HINT, repo_type="dataset"):
         ds = datasets.load_dataset(hf_dataset, "main", split=split)
-    except Exception as err:  # noqa: BLE001 - re-raised with the offline alternative named
-        raise RuntimeError(
-            f"could not load {hf_dataset}/main from the hub ({err}); "
-            "offline, set data.path to a directory with train.jsonl and test.jsonl"
-        ) from err
     return [{"question": r["question"], "answer": r["answer"]} for r in ds]
 
 
@@ -140,7 +136,8 @@ class GSM8KTask(Task):
     def setup(self, accelerator=None) -> None:
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+        with hub_access("Tokenizer", self.tokenizer_path, _tokenizer_hint(self)):
+            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
         if self.tokenizer.eos_token_id is None:
             raise ValueError(f"tokenizer {self.tokenizer_path} has no EOS token")
         # Llama has no pad token; pads are masked out of attention and loss anyway.
@@ -223,7 +220,8 @@ class GSM8KTask(Task):
         kwargs: dict[str, Any] = {"dtype": self.dtype}
         if self.attn_implementation is not None:
             kwargs["attn_implementation"] = self.attn_implementation
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, **kwargs)
+        with hub_access("Model", self.model_path, MODEL_HINT):
+            model = AutoModelForCausalLM.from_pretrained(self.model_path, **kwargs)
         if self.gradient_checkpointing:
             # Non-reentrant checkpointing works with FSDP and with frozen inputs.
             # transformers 5 renamed the method; 4.x has only the old name.
