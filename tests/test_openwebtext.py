@@ -153,6 +153,8 @@ def test_raw_shards_from_the_hub_give_nanogpts_split(tmp_path, hf_home, monkeypa
     assert sorted(downloads) == [
         f"GET /datasets/{REPO}/resolve/{sha}/subsets/urlsf_subset{i:02d}.tar" for i in range(3)
     ]
+    # Prepared once: later runs read the cache without asking the (now stopped) hub.
+    assert _prepare(tmp_path / "cache", len(documents), _train_tokens(documents)) == folder
 
 
 def test_parquet_on_main_is_preferred_and_a_local_copy_matches_the_hub(
