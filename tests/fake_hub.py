@@ -80,6 +80,10 @@ class FakeHub:
             "HUGGINGFACE_CO_URL_TEMPLATE",
             self.url + "/{repo_id}/resolve/{revision}/{filename}",
         )
+        import transformers.utils.hub
+
+        # transformers keeps one HfApi, made with the endpoint of its first use.
+        monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)
         return self
 
     # -- routing -------------------------------------------------------------------------

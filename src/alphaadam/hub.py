@@ -12,6 +12,8 @@ prints that message alone (no traceback) and exits with status 1.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,6 +154,14 @@ def _summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(lines)}" if lines else type(exc).__name__
 
 
+def _library_words(exc: BaseException) -> bool:
+    """Offline-mode errors whose advice ("set local_files_only to False") only misleads;
+    a network error's own words ("Name or service not known") are worth showing."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    return isinstance(exc, (LocalEntryNotFoundError, OfflineModeIsEnabled))
+
+
 def hub_access_message(
     problem: str,
     what: str,
@@ -212,8 +222,7 @@ def hub_access_message(
             "is reachable, with the same HF_HOME, to cache it; or use a local copy: "
             f"{local_hint}."
         )
-    if cause is not None and not (problem == UNREACHABLE and _offline()):
-        # Offline, the library's own words ("set local_files_only to False") only mislead.
+    if cause is not None and not (problem == UNREACHABLE and _library_words(cause)):
         text += f"\n(Hub: {_summary(cause)})"
     return text
 
@@ -254,3 +263,98 @@ def hub_access(
             hub_access_message(problem, what, repo_id, local_hint, repo_type, cause=cause),
             problem,
         ) from exc
+
+
+# ---------------------------------------------------------------------------------------
+# Checks for the preflight: can a repository be read, without downloading its weights?
+# ---------------------------------------------------------------------------------------
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+@functools.lru_cache(maxsize=8)
+def _endpoint_answers(endpoint: str) -> bool:
+    from huggingface_hub.utils import get_session
+
+    try:
+        # Any HTTP answer means the Hub is reachable; one request, no retries.
+        get_session().head(endpoint, timeout=10)
+    except Exception:  # noqa: BLE001 - every transport failure means "unreachable"
+        return False
+    return True
+
+
+def hub_reachable() -> bool:
+    """Whether the Hub answers from this machine (False in offline mode). Asked once per
+    endpoint per process, so a preflight without network fails fast instead of retrying."""
+    from huggingface_hub import constants
+
+    return not _offline() and _endpoint_answers(constants.ENDPOINT)
+
+
+def weight_files(folder: Path) -> list[Path] | None:
+    """The weight files of a transformers model folder (every shard an index names), or
+    ``None`` when they are not all there."""
+    for index in WEIGHT_INDEXES:
+        if (folder / index).is_file():
+            shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
+            paths = [folder / s for s in shards]
+            return paths if all(p.is_file() for p in paths) else None
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return [folder / name]
+    return None
+
+
+def cached_snapshot(repo_id: str, repo_type: str, need_weights: bool = False) -> Path | None:
+    """A snapshot of ``repo_id`` in the Hugging Face cache (with complete weights when
+    ``need_weights``), or ``None``. Datasets also count when ``datasets`` has built its own
+    arrow cache of them."""
+    from huggingface_hub import constants
+
+    repo_dir = Path(constants.HF_HUB_CACHE) / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    snapshots = sorted((repo_dir / "snapshots").glob("*")) if repo_dir.is_dir() else []
+    for snapshot in snapshots:
+        if not need_weights or weight_files(snapshot):
+            return snapshot
+    if repo_type == "dataset":
+        import datasets
+
+        built = Path(datasets.config.HF_DATASETS_CACHE) / repo_id.replace("/", "___")
+        if built.is_dir():
+            return built
+    return None
+
+
+def check_repo(
+    repo_id: str, repo_type: str, what: str, local_hint: str, need_weights: bool = False
+) -> tuple[bool, str]:
+    """Whether a run can read ``repo_id``: from the cache, or from the Hub with this
+    machine's token (one ``auth-check`` request; nothing is downloaded). Returns
+    ``(ok, detail)``, the detail being :func:`hub_access_message`'s text on failure."""
+    cached = cached_snapshot(repo_id, repo_type, need_weights)
+    if not hub_reachable():
+        if cached is not None:
+            return True, f"in the local cache ({cached}); the Hub is not reachable from here"
+        return False, hub_access_message(UNREACHABLE, what, repo_id, local_hint, repo_type)
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().auth_check(repo_id, repo_type=repo_type)
+    except Exception as exc:  # noqa: BLE001 - classified below, anything else is reported
+        found = _find_problem(exc)
+        if found is None:
+            return False, f"{what} '{repo_id}': {type(exc).__name__}: {exc}"
+        problem, cause = found
+        if problem == UNREACHABLE and cached is not None:
+            return True, f"in the local cache ({cached}); the Hub did not answer"
+        return False, hub_access_message(problem, what, repo_id, local_hint, repo_type, cause)
+    token = _token_source()
+    detail = f"readable on the Hub ({'with ' + token if token else 'no token needed'})"
+    if need_weights:
+        detail += (
+            f"; weights cached in {cached}"
+            if cached is not None
+            else "; its weights are downloaded when the run starts"
+        )
+    return True, detail

@@ -65,6 +65,22 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def build_model(self) -> nn.Module: ...
 
+    def preflight(self) -> list:
+        """Check, without training or downloading weights, that the tokenizer, data and
+        model this task needs can be reached (local files, the cache, or the Hub with this
+        machine's token): a list of :class:`alphaadam.preflight.Check`. May prepare what
+        :meth:`meta_model` needs (a small tokenizer). ``trainer.preflight=true`` calls it
+        instead of :meth:`setup`; the default checks nothing."""
+        return []
+
+    def meta_model(self) -> nn.Module:
+        """The model's architecture on the meta device, with no weights read: the preflight
+        counts its parameters and estimates memory from it. Called after :meth:`preflight`.
+        The default builds :meth:`build_model` under ``torch.device("meta")``, right for
+        models built from scratch; tasks that load weights override it."""
+        with torch.device("meta"):
+            return self.build_model()
+
     @abc.abstractmethod
     def train_stream(
         self, micro_batch_size: int, seed: int, rank: int, world_size: int

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alphaadam.hub import GLUE_HINT, MODEL_HINT, TOKENIZER_HINT, hub_access
+from alphaadam.hub import GLUE_HINT, MODEL_HINT, TOKENIZER_HINT, HubAccessError, hub_access
 from alphaadam.tasks.base import Batch, Task
 from alphaadam.tasks.epoch_stream import EpochBatchStream, epoch_steps
 
@@ -282,6 +282,39 @@ class GlueTask(Task):
         self._require_setup()
         return epoch_steps(len(self.train_examples), global_batch_size)
 
+    # -- preflight (alphaadam/preflight.py) ----------------------------------------------
+    def preflight(self) -> list:
+        from alphaadam.hub import check_repo
+        from alphaadam.preflight import Check, check_files, check_model_source
+
+        checks = [preflight_tokenizer(self)]
+        if self.glue_dir is not None:
+            folder = Path(self.glue_dir).expanduser() / self.spec.dir_name
+            files = [folder / "train.tsv", folder / "dev.tsv"]
+            checks.append(check_files("data", files, "data.glue_dir"))
+        else:
+            good, detail = check_repo(self.hf_dataset, "dataset", "GLUE dataset", GLUE_HINT)
+            checks.append(
+                Check(
+                    "data",
+                    "ok" if good else "FAIL",
+                    f"{self.hf_dataset}/{self.spec.name}: {detail}" if good else detail,
+                )
+            )
+        checks.append(check_model_source(self.model_path, MODEL_HINT))
+        return checks
+
+    def meta_model(self) -> nn.Module:
+        from transformers import AutoModelForSequenceClassification
+
+        config = hf_config(
+            self.model_path,
+            num_labels=self.spec.num_labels,
+            problem_type="regression" if self.spec.is_regression else "single_label_classification",
+        )
+        with torch.device("meta"):
+            return AutoModelForSequenceClassification.from_config(config)
+
     # -- model and loss -----------------------------------------------------------------
     def build_model(self) -> nn.Module:
         from transformers import AutoModelForSequenceClassification
@@ -356,6 +389,39 @@ class GlueTask(Task):
         refs = [ex["labels"] for ex in self.dev_examples]
         metrics = self.metric.compute(predictions=pred.tolist(), references=refs)
         return {"val_loss": float(loss.double().mean()), **metrics}
+
+
+def hf_config(name_or_path: str, **kwargs):
+    """A transformers model config alone (config.json, never the weights), for the preflight."""
+    from transformers import AutoConfig
+
+    from alphaadam.hub import hub_reachable
+
+    with hub_access("Model", name_or_path, MODEL_HINT):
+        return AutoConfig.from_pretrained(
+            name_or_path, local_files_only=not hub_reachable(), **kwargs
+        )
+
+
+def preflight_tokenizer(task):
+    """Load a transformers task's tokenizer (small files, cached by the Hub client) and
+    report it: the preflight's tokenizer check for GLUE and GSM8K."""
+    from transformers import AutoTokenizer
+
+    from alphaadam.hub import hub_reachable
+    from alphaadam.preflight import fail, ok
+
+    try:
+        with hub_access("Tokenizer", task.tokenizer_path, _tokenizer_hint(task)):
+            tokenizer = AutoTokenizer.from_pretrained(
+                task.tokenizer_path, local_files_only=not hub_reachable()
+            )
+    except (HubAccessError, OSError, ValueError, ImportError) as exc:
+        return fail("tokenizer", str(exc))
+    return ok(
+        "tokenizer",
+        f"{type(tokenizer).__name__}, {len(tokenizer)} tokens, from {task.tokenizer_path}",
+    )
 
 
 def _tokenizer_hint(task) -> str:

@@ -31,7 +31,7 @@ from alphaadam.eval.gsm8k import format_prompt, read_gsm8k_jsonl, score_gsm8k
 from alphaadam.hub import GSM8K_HINT, MODEL_HINT, hub_access
 from alphaadam.tasks.base import Batch, Task
 from alphaadam.tasks.epoch_stream import EpochBatchStream, epoch_steps
-from alphaadam.tasks.glue import _cfg_get, _tokenizer_hint
+from alphaadam.tasks.glue import _cfg_get, _tokenizer_hint, hf_config, preflight_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,39 @@ class GSM8KTask(Task):
     def steps_per_epoch(self, global_batch_size: int) -> int:
         self._require_setup()
         return epoch_steps(len(self.train_examples), global_batch_size)
+
+    # -- preflight (alphaadam/preflight.py) ----------------------------------------------
+    def preflight(self) -> list:
+        from alphaadam.hub import check_repo
+        from alphaadam.preflight import Check, check_files, check_model_source
+
+        checks = [preflight_tokenizer(self)]
+        if self.path is not None:
+            p = Path(self.path).expanduser()
+            files = (
+                [p / "train.jsonl", p / "test.jsonl"]
+                if p.is_dir()
+                else [p, p.with_name("test.jsonl")]
+            )
+            checks.append(check_files("data", files, "data.path"))
+        else:
+            good, detail = check_repo(self.hf_dataset, "dataset", "GSM8K dataset", GSM8K_HINT)
+            checks.append(
+                Check(
+                    "data",
+                    "ok" if good else "FAIL",
+                    f"{self.hf_dataset}: {detail}" if good else detail,
+                )
+            )
+        checks.append(check_model_source(self.model_path, MODEL_HINT))
+        return checks
+
+    def meta_model(self) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        config = hf_config(self.model_path)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, dtype=self.dtype)
 
     def build_model(self) -> nn.Module:
         from transformers import AutoModelForCausalLM
