@@ -372,3 +372,24 @@ def test_the_cuda_capacity_is_compared_when_a_gpu_is_visible(monkeypatch, tmp_pa
     report = _preflight(["experiment=smoke", f"trainer.output_root={tmp_path}"])
     assert [c.name for c in report.failed] == ["memory"]
     assert "more than this GPU's 1.0 MB" in report.failed[0].detail
+
+
+def test_runs_saved_before_the_preflight_keys_still_resume(tmp_path):
+    """resume=auto matches a run by its saved config; one written before the preflight keys
+    existed lacks them, and must still be found (they never change what a run computes)."""
+    from omegaconf import OmegaConf
+
+    from alphaadam import run_dir as rd
+
+    cfg = compose_config(["experiment=smoke", f"trainer.output_root={tmp_path}"])
+    old = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("preflight", "preflight_processes", "preflight_fsdp"):
+        del old["trainer"][key]
+    run = tmp_path / "smoke" / "adamw" / "2026-01-01_00-00-00_abcdef"
+    (run / "checkpoints" / "step-00000002").mkdir(parents=True)
+    (run / "checkpoints" / "latest").symlink_to("step-00000002")
+    OmegaConf.save(OmegaConf.create(old), run / rd.CONFIG)
+    resumed = compose_config(
+        ["experiment=smoke", f"trainer.output_root={tmp_path}", "trainer.resume=auto"]
+    )
+    assert rd.resolve_run_dir(resumed) == (run.resolve(), "resume")

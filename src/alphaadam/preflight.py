@@ -154,8 +154,8 @@ def check_model_source(name_or_path: str, local_hint: str, what: str = "Model") 
         if weights is None:
             return fail(
                 "model",
-                f"{folder} has no complete weights ({' or '.join(('model.safetensors', 'pytorch_model.bin'))}, "
-                "or every shard of an index)",
+                f"{folder} has no complete weights (model.safetensors, pytorch_model.bin, or "
+                "every shard an index names)",
             )
         size = sum(p.stat().st_size for p in weights)
         return ok(
@@ -190,7 +190,7 @@ def check_writable(name: str, folders: Iterable[Path]) -> Check:
 # ---------------------------------------------------------------------------------------
 # The run-level checks
 # ---------------------------------------------------------------------------------------
-def _check_config(cfg: DictConfig, processes: int) -> list[Check]:
+def _check_config(cfg: DictConfig, processes: int) -> Check:
     from .optim.registry import available_optimizers
     from .trainer import eval_steps, warmup_cosine
 
@@ -234,23 +234,22 @@ def _check_config(cfg: DictConfig, processes: int) -> list[Check]:
             f"optimizer.name={name!r} is not registered; valid: {', '.join(available_optimizers())}"
         )
     if problems:
-        return [fail("config", "; ".join(problems))]
-    return [ok("config", "trainer, data and optimizer values are valid")]
+        return fail("config", "; ".join(problems))
+    return ok("config", "trainer and optimizer settings are valid")
 
 
-def _count(model: torch.nn.Module) -> tuple[int, int, int]:
-    """(trainable parameters, their bytes, all parameters); tied tensors counted once."""
-    seen: set[int] = set()
-    trainable = trainable_bytes = total = 0
+def _count(model: torch.nn.Module) -> tuple[int, int, int, int]:
+    """(trainable parameters, their bytes, all parameters, bytes of the frozen ones);
+    ``parameters()`` yields a tied tensor once."""
+    trainable = trainable_bytes = total = frozen_bytes = 0
     for p in model.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
         total += p.numel()
         if p.requires_grad:
             trainable += p.numel()
             trainable_bytes += p.numel() * p.element_size()
-    return trainable, trainable_bytes, total
+        else:
+            frozen_bytes += p.numel() * p.element_size()
+    return trainable, trainable_bytes, total, frozen_bytes
 
 
 def _human(n: float) -> str:
@@ -260,7 +259,7 @@ def _human(n: float) -> str:
 
 
 def _check_model(model: torch.nn.Module, cfg: DictConfig) -> Check:
-    trainable, _, total = _count(model)
+    trainable, _, total, _ = _count(model)
     name = str(cfg.model.get("name"))
     paper = PAPER_PARAMETERS.get(name)
     detail = f"{type(model).__name__} built on the meta device: {_human(total)} parameters"
@@ -313,15 +312,9 @@ def _check_memory(model: torch.nn.Module, cfg: DictConfig, processes: int, fsdp:
     to fp32 under mixed precision; gradients match the trainable weights; the state is the
     measured bytes/param times the trainable parameters. FSDP divides all three by the
     process count, DDP keeps a full copy on every GPU."""
-    trainable, trainable_bytes, _ = _count(model)
+    trainable, trainable_bytes, _, frozen_bytes = _count(model)
     if fsdp and cfg.trainer.mixed_precision != "no":
         trainable_bytes = trainable * 4
-    seen: set[int] = set()
-    frozen_bytes = 0
-    for p in model.parameters():
-        if id(p) not in seen and not p.requires_grad:
-            frozen_bytes += p.numel() * p.element_size()
-        seen.add(id(p))
     opt = OmegaConf.to_container(cfg.optimizer, resolve=True)
     per_param = state_bytes_per_param(opt)
     weights, grads = trainable_bytes + frozen_bytes, trainable_bytes
@@ -422,7 +415,7 @@ def preflight(
         f"{processes} process(es){', FSDP' if fsdp else ''}"
     )
     report = Report(title)
-    report.checks += _check_config(cfg, processes)
+    report.checks.append(_check_config(cfg, processes))
 
     key = json.dumps(
         OmegaConf.to_container(

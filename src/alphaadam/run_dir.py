@@ -23,8 +23,9 @@ CONFIG, METRICS, MASK_STATS, EVENTS, SUMMARY, CHECKPOINTS = (
     "summary.json",
     "checkpoints",
 )
-#: config keys that may differ between a run and its resumption
-_RESUME_KEYS = ("resume", "run_dir")
+#: config keys that may differ between a run and its resumption (the preflight keys only
+#: matter to a run that never trains, and runs made before them have none)
+_RESUME_KEYS = ("resume", "run_dir", "preflight", "preflight_processes", "preflight_fsdp")
 
 
 class RunDirError(RuntimeError):

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..preflight import Check
 
 Batch = dict[str, torch.Tensor]
 
@@ -65,7 +68,7 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def build_model(self) -> nn.Module: ...
 
-    def preflight(self) -> list:
+    def preflight(self) -> list[Check]:
         """Check, without training or downloading weights, that the tokenizer, data and
         model this task needs can be reached (local files, the cache, or the Hub with this
         machine's token): a list of :class:`alphaadam.preflight.Check`. May prepare what

@@ -20,7 +20,7 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,9 @@ from torch import nn
 from alphaadam.hub import GLUE_HINT, MODEL_HINT, TOKENIZER_HINT, HubAccessError, hub_access
 from alphaadam.tasks.base import Batch, Task
 from alphaadam.tasks.epoch_stream import EpochBatchStream, epoch_steps
+
+if TYPE_CHECKING:
+    from alphaadam.preflight import Check
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +286,7 @@ class GlueTask(Task):
         return epoch_steps(len(self.train_examples), global_batch_size)
 
     # -- preflight (alphaadam/preflight.py) ----------------------------------------------
-    def preflight(self) -> list:
+    def preflight(self) -> list[Check]:
         from alphaadam.hub import check_repo
         from alphaadam.preflight import Check, check_files, check_model_source
 

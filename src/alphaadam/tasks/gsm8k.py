@@ -22,7 +22,7 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -32,6 +32,9 @@ from alphaadam.hub import GSM8K_HINT, MODEL_HINT, hub_access
 from alphaadam.tasks.base import Batch, Task
 from alphaadam.tasks.epoch_stream import EpochBatchStream, epoch_steps
 from alphaadam.tasks.glue import _cfg_get, _tokenizer_hint, hf_config, preflight_tokenizer
+
+if TYPE_CHECKING:
+    from alphaadam.preflight import Check
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +218,7 @@ class GSM8KTask(Task):
         return epoch_steps(len(self.train_examples), global_batch_size)
 
     # -- preflight (alphaadam/preflight.py) ----------------------------------------------
-    def preflight(self) -> list:
+    def preflight(self) -> list[Check]:
         from alphaadam.hub import check_repo
         from alphaadam.preflight import Check, check_files, check_model_source
 

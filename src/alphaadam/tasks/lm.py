@@ -7,7 +7,7 @@ import math
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +17,9 @@ from ..data.corpus import openwebtext_cache, smoke_cache, text_cache
 from ..data.tokenizers import build_tokenizer
 from ..models.gpt import build_gpt
 from .base import Batch, BatchStream, Task
+
+if TYPE_CHECKING:
+    from ..preflight import Check
 
 SOURCES = ("smoke", "text", "openwebtext")
 _OPENWEBTEXT_KEYS = (
@@ -169,7 +172,7 @@ class LMTask(Task):
         return build_gpt(**cfg)
 
     # -- preflight (alphaadam/preflight.py) ----------------------------------------------
-    def preflight(self) -> list:
+    def preflight(self) -> list[Check]:
         from ..preflight import check_files, check_writable, fail, ok
 
         d = self.data_cfg
