@@ -356,6 +356,10 @@ def main(argv=None) -> None:
         help="parameter and gradient dtype (AlphaAdam keeps fp32 state for half precision)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
+    parser.add_argument(
+        "--name", help="suffix of the output files (e.g. 2threads), so runs that differ in "
+        "threads or variants each keep their own file under --out",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1 or args.repeats < 1 or args.scale <= 0:
         parser.error("--warmup, --steps and --repeats must be >= 1 and --scale > 0")
@@ -365,6 +369,8 @@ def main(argv=None) -> None:
     stem = f"optimizer_step_{torch.device(args.device).type}_scale{args.scale:g}"
     if args.dtype != "float32":
         stem += f"_{args.dtype}"
+    if args.name:
+        stem += f"_{args.name}"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
     (args.out / f"{stem}.md").write_text(table)

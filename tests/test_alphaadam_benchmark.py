@@ -55,6 +55,17 @@ def test_benchmark_writes_json_and_markdown(bench, tmp_path):
     assert "| alphaadam_foreach |" in (tmp_path / "optimizer_step_cpu_scale0.002.md").read_text()
 
 
+def test_name_suffixes_the_output_files(bench, tmp_path):
+    bench.main(
+        ["--scale", "0.001", "--steps", "1", "--repeats", "1", "--variants", "adamw_single"]
+        + ["--name", "quiet", "--out", str(tmp_path)]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "optimizer_step_cpu_scale0.001_quiet.json",
+        "optimizer_step_cpu_scale0.001_quiet.md",
+    ]
+
+
 def test_unknown_variant_is_rejected(bench, tmp_path):
     with pytest.raises(SystemExit, match="nope.*valid choices"):
         bench.main(["--scale", "0.001", "--variants", "nope", "--out", str(tmp_path)])

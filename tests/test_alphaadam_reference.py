@@ -224,7 +224,8 @@ def test_two_element_example_by_hand_sync_moves_at_step_one(foreach):
     theta, stats = step([1.0, -2.0])
     assert theta[0] == pytest.approx(1.0 - (0.2 / 3) * 0.5**0.5, abs=1e-15)  # 0.952859...
     assert theta[1] == pytest.approx(-1.0 + (0.2 / 3) * 0.5**0.5, abs=1e-15)
-    assert stats == {"alpha": 1.0, "mask_density": 1.0}
+    # alpha * d / (nnz + 1) = 1 * 2 / 3: the lr multiplier of Algorithm 1's step.
+    assert stats == pytest.approx({"alpha": 1.0, "mask_density": 1.0, "step_scale": 2 / 3})
 
 
 @pytest.mark.parametrize("foreach", PATHS, ids=PATH_IDS)

@@ -69,6 +69,21 @@ def _stand_ins(experiment: str, tmp: Path) -> list[str]:
     )
 
     common = [f"trainer.output_root={tmp / 'runs'}", f"data.cache_dir={tmp / 'cache'}"]
+    if experiment == "reduced_table1":  # MiniLM's weights come with an installed package
+        return [
+            f"trainer.output_root={tmp / 'runs'}",
+            f"data.glue_dir={write_glue_dir(tmp / 'glue')}",
+        ]
+    if experiment == "reduced_table2":  # a Llama built from its config: only a tokenizer
+        return [
+            f"trainer.output_root={tmp / 'runs'}",
+            f"data.path={write_gsm8k_dir(tmp / 'gsm8k')}",
+            f"model.tokenizer={write_tiny_llama(tmp / 'llama')}",
+            "model.tokenizer_class=AutoTokenizer",
+        ]
+    if experiment == "reduced_table3":
+        (tmp / "input.txt").write_text("To be, or not to be.\n" * 100)
+        return [*common, f"data.path={tmp / 'input.txt'}"]
     if experiment.startswith("roberta_glue"):
         return [
             f"trainer.output_root={tmp / 'runs'}",
@@ -108,7 +123,7 @@ def test_every_experiment_passes_with_local_stand_ins(
     assert report.ok, report.render()
     checks = _by_name(report)
     expected = {"config", "tokenizer", "data", "params", "optimizer", "memory", "batch", "output"}
-    if experiment == "shakespeare_cpu":
+    if experiment in ("shakespeare_cpu", "reduced_table3"):
         expected.add("cache")  # where the text's tokens are cached
     if cfg_uses_hf_model(experiment):
         expected.add("model")  # the transformers model's files

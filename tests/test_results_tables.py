@@ -124,6 +124,7 @@ def test_table3_cells_by_hand(ablation_root: Path):
         "3.400 ± 0.141",
         "3.100 ± 0.141",
         "3.250 ± 0.000",
+        "—",  # step scale: these hand-built summaries predate the key
         "2 @ 6e-4",
     ]
     assert row_after(table, "AdamW + AM + dynamic alpha", "ours")[2:] == [
@@ -133,6 +134,7 @@ def test_table3_cells_by_hand(ablation_root: Path):
         "3.300",
         "3.100",
         "3.200",
+        "—",
         "1 @ 6e-4",
     ]
     # Paper values: a literal transcription of PAPER.md's Table 3.
@@ -145,7 +147,7 @@ def test_table3_cells_by_hand(ablation_root: Path):
         "3.243",
     ]
     # No runs for SM and AM: missing cells.
-    assert row_after(table, "AdamW + SM (synchronous mask)", "ours")[2:] == ["—"] * 7
+    assert row_after(table, "AdamW + SM (synchronous mask)", "ours")[2:] == ["—"] * 8
     assert not any(r[0] == "adamw_sm" for r in table.rows)
 
 
@@ -272,6 +274,7 @@ def test_glue_task_with_mixed_metrics_is_left_out(tmp_path: Path):
         tmp_path,
         "b",
         task="glue",
+        experiment="roberta_glue",
         dataset="mrpc",
         optimizer="alphaadam",
         primary_metric="accuracy",

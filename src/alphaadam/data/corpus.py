@@ -301,7 +301,7 @@ def openwebtext_cache(
     the 0.05% validation split (seed 2357), the tokenizer's ids + ``<|endoftext|>`` per
     document, uint16 memmaps written in 1024 slices. The document count (before tokenising)
     and the train token count (before writing) are checked against ``expected_*``: nothing
-    is written from a partial corpus. ~9B train tokens, ~17 GB."""
+    is written from a partial corpus. About 9B train tokens, 17 GB, by nanoGPT's count."""
     folder = openwebtext_folder(
         cache_root, tokenizer.name, hf_dataset, hf_revision, local_dir, val_size, split_seed
     )

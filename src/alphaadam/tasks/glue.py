@@ -409,14 +409,18 @@ def hf_config(name_or_path: str, **kwargs):
 def preflight_tokenizer(task):
     """Load a transformers task's tokenizer (small files, cached by the Hub client) and
     report it: the preflight's tokenizer check for GLUE and GSM8K."""
-    from transformers import AutoTokenizer
+    import transformers
 
     from alphaadam.hub import hub_reachable
     from alphaadam.preflight import fail, ok
 
+    name = getattr(task, "tokenizer_class", "AutoTokenizer")
+    tokenizer_cls = getattr(transformers, name, None)
+    if tokenizer_cls is None or not hasattr(tokenizer_cls, "from_pretrained"):
+        return fail("tokenizer", f"model.tokenizer_class={name!r} is not a transformers class")
     try:
         with hub_access("Tokenizer", task.tokenizer_path, _tokenizer_hint(task)):
-            tokenizer = AutoTokenizer.from_pretrained(
+            tokenizer = tokenizer_cls.from_pretrained(
                 task.tokenizer_path, local_files_only=not hub_reachable()
             )
     except (HubAccessError, OSError, ValueError, ImportError) as exc:

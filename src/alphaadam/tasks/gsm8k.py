@@ -109,8 +109,11 @@ class GSM8KTask(Task):
     """``data``: ``path`` (local jsonl dir/file, else the hub), ``hf_dataset``,
     ``max_length`` (512), ``packing``, ``eval_batch_size``, ``eval_examples`` (test problems
     for ``val_loss``, all when null), ``eval_generate_examples`` (0), ``max_new_tokens``.
-    ``model``: ``name_or_path``, ``tokenizer``, ``dtype`` (weights: float32 | bfloat16),
-    ``gradient_checkpointing``, ``attn_implementation``."""
+    ``model``: ``name_or_path``, ``tokenizer``, ``tokenizer_class`` (a transformers class
+    name, default ``AutoTokenizer``), ``dtype`` (weights: float32 | bfloat16),
+    ``gradient_checkpointing``, ``attn_implementation``; or, to train from scratch,
+    ``name_or_path: null`` and ``config`` (a transformers config as a mapping with its
+    ``model_type``, e.g. a small Llama), initialised from the run's seed."""
 
     name = "gsm8k"
     primary_metric = "val_loss"
@@ -125,8 +128,22 @@ class GSM8KTask(Task):
         self.eval_examples = _cfg_get(data, "eval_examples")
         self.eval_generate_examples = int(_cfg_get(data, "eval_generate_examples", 0))
         self.max_new_tokens = int(_cfg_get(data, "max_new_tokens", 256))
-        self.model_path = str(_cfg_get(model, "name_or_path", DEFAULT_MODEL))
-        self.tokenizer_path = str(_cfg_get(model, "tokenizer", self.model_path))
+        self.scratch_config = _cfg_get(model, "config")
+        if self.scratch_config is not None and _cfg_get(model, "name_or_path") is not None:
+            raise ValueError(
+                "model.name_or_path and model.config are exclusive: a pretrained model or one "
+                "built from scratch from its config; set the other to null"
+            )
+        self.model_path = (
+            None
+            if self.scratch_config is not None
+            else str(_cfg_get(model, "name_or_path", DEFAULT_MODEL))
+        )
+        tokenizer = _cfg_get(model, "tokenizer", self.model_path)
+        if tokenizer is None:
+            raise ValueError("a model built from model.config needs model.tokenizer (a directory)")
+        self.tokenizer_path = str(tokenizer)
+        self.tokenizer_class = str(_cfg_get(model, "tokenizer_class", "AutoTokenizer"))
         dtype = str(_cfg_get(model, "dtype", "float32"))
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype {dtype!r}; valid: float32, bfloat16, float16")
@@ -137,10 +154,16 @@ class GSM8KTask(Task):
         self.train_examples: list[dict[str, list[int]]] | None = None
 
     def setup(self, accelerator=None) -> None:
-        from transformers import AutoTokenizer
+        import transformers
 
+        tokenizer_cls = getattr(transformers, self.tokenizer_class, None)
+        if tokenizer_cls is None or not hasattr(tokenizer_cls, "from_pretrained"):
+            raise ValueError(
+                f"model.tokenizer_class={self.tokenizer_class!r} is not a transformers tokenizer "
+                "class (e.g. AutoTokenizer, LlamaTokenizer)"
+            )
         with hub_access("Tokenizer", self.tokenizer_path, _tokenizer_hint(self)):
-            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+            self.tokenizer = tokenizer_cls.from_pretrained(self.tokenizer_path)
         if self.tokenizer.eos_token_id is None:
             raise ValueError(f"tokenizer {self.tokenizer_path} has no EOS token")
         # Llama has no pad token; pads are masked out of attention and loss anyway.
@@ -220,7 +243,7 @@ class GSM8KTask(Task):
     # -- preflight (alphaadam/preflight.py) ----------------------------------------------
     def preflight(self) -> list[Check]:
         from alphaadam.hub import check_repo
-        from alphaadam.preflight import Check, check_files, check_model_source
+        from alphaadam.preflight import Check, check_files, check_model_source, ok
 
         checks = [preflight_tokenizer(self)]
         if self.path is not None:
@@ -240,13 +263,19 @@ class GSM8KTask(Task):
                     f"{self.hf_dataset}: {detail}" if good else detail,
                 )
             )
-        checks.append(check_model_source(self.model_path, MODEL_HINT))
+        if self.scratch_config is not None:
+            checks.append(ok("model", "built from model.config with the run's seed (no weights)"))
+        else:
+            checks.append(check_model_source(self.model_path, MODEL_HINT))
         return checks
 
     def meta_model(self) -> nn.Module:
         from transformers import AutoModelForCausalLM
 
-        config = hf_config(self.model_path)
+        if self.scratch_config is not None:
+            config = _scratch_config(self.scratch_config)
+        else:
+            config = hf_config(self.model_path)
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config, dtype=self.dtype)
 
@@ -256,8 +285,11 @@ class GSM8KTask(Task):
         kwargs: dict[str, Any] = {"dtype": self.dtype}
         if self.attn_implementation is not None:
             kwargs["attn_implementation"] = self.attn_implementation
-        with hub_access("Model", self.model_path, MODEL_HINT):
-            model = AutoModelForCausalLM.from_pretrained(self.model_path, **kwargs)
+        if self.scratch_config is not None:
+            model = AutoModelForCausalLM.from_config(_scratch_config(self.scratch_config), **kwargs)
+        else:
+            with hub_access("Model", self.model_path, MODEL_HINT):
+                model = AutoModelForCausalLM.from_pretrained(self.model_path, **kwargs)
         if self.gradient_checkpointing:
             # Non-reentrant checkpointing works with FSDP and with frozen inputs.
             # transformers 5 renamed the method; 4.x has only the old name.
@@ -335,3 +367,19 @@ class GSM8KTask(Task):
             batch_size=self.eval_batch_size,
         )
         return {k: float(result[k]) for k in ("exact_match_strict", "exact_match_flexible")}
+
+
+def _scratch_config(config: Mapping):
+    """A transformers config from a mapping that names its ``model_type``."""
+    from omegaconf import DictConfig, OmegaConf
+    from transformers import AutoConfig
+
+    fields = (
+        OmegaConf.to_container(config, resolve=True)
+        if isinstance(config, DictConfig)
+        else dict(config)
+    )
+    model_type = fields.pop("model_type", None)
+    if model_type is None:
+        raise ValueError("model.config needs a model_type (e.g. llama)")
+    return AutoConfig.for_model(model_type, **fields)
