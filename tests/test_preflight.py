@@ -278,6 +278,7 @@ def test_state_bytes_are_the_benchmarks_measurements():
         (["trainer.max_steps=-5"], "config", "trainer.max_steps=-5 must be a whole number >= 1"),
         (["optimizer=alphaadam", "optimizer.betas=[0.9,1.5]"], "optimizer", "beta"),
         (["data=text", "data.path=/no/such/file.txt"], "task", "/no/such/file.txt"),
+        (["+data.extra=${no_such_key}"], "config", "Interpolation key 'no_such_key' not found"),
     ],
 )
 def test_each_problem_is_a_fail_line(overrides, check, words, tmp_path, offline):

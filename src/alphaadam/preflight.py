@@ -415,12 +415,17 @@ def preflight(
         f"{processes} process(es){', FSDP' if fsdp else ''}"
     )
     report = Report(title)
+    try:
+        # Hydra resolves interpolations lazily: a bad one would otherwise surface mid-run.
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except Exception as exc:  # noqa: BLE001 - OmegaConf raises several error types
+        report.checks.append(fail("config", f"{type(exc).__name__}: {exc}"))
+        report.seconds = time.perf_counter() - start
+        return report
     report.checks.append(_check_config(cfg, processes))
 
     key = json.dumps(
-        OmegaConf.to_container(
-            OmegaConf.create({"task": cfg.task, "data": cfg.data, "model": cfg.model}), resolve=True
-        ),
+        {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "data", "model")},
         sort_keys=True,
     )
     cache = {} if cache is None else cache
