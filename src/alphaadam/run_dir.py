@@ -60,7 +60,7 @@ def resolve_run_dir(cfg: DictConfig) -> tuple[Path, str]:
 
     ``trainer.resume``: ``false`` starts a new run; ``auto`` continues ``trainer.run_dir``
     if given, else the newest unfinished run under ``<output_root>/<experiment>/<optimizer>``
-    whose config is identical (apart from resume/run_dir), else starts a new run; a path
+    whose config is identical (apart from _RESUME_KEYS), else starts a new run; a path
     continues the run in that directory.
     """
     tc = cfg.trainer
