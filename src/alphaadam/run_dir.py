@@ -42,6 +42,9 @@ RESUME_MAY_CHANGE = (
     "trainer.save_final",
     "trainer.nan_skip_budget",
     "trainer.cpu_allocator",  # where memory comes from; losses are bit-identical (tested)
+    "trainer.preflight",  # only matter to a run that never trains; runs made before them
+    "trainer.preflight_processes",  # have none
+    "trainer.preflight_fsdp",
     "logger",  # the wandb mirror; the JSONL files are the record
     "data.cache_dir",  # token caches are keyed by their inputs
     "data.num_proc",

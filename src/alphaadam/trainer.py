@@ -49,6 +49,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .cpu_memory import CPU_ALLOCATOR_CHOICES, configure_cpu_allocator
+from .hub import HubAccessError
 from .optim.registry import build_optimizer
 from .run_record import NonFiniteLossError, RunInterrupted, RunRecord, task_name
 from .tasks.base import BatchStream, Task
@@ -90,6 +91,9 @@ TRAINER_KEYS = (
     "mask_stats_steps",
     "nan_skip_budget",
     "progress_bar",
+    "preflight",
+    "preflight_processes",
+    "preflight_fsdp",
 )
 LR_SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -140,7 +144,7 @@ def main(cfg: DictConfig) -> Path:
     """Entry point behind ``train.py`` (Hydra has composed ``cfg``)."""
     try:
         return train(cfg)
-    except NonFiniteLossError as exc:
+    except (NonFiniteLossError, HubAccessError) as exc:
         if PartialState().is_main_process:
             log.error(f"error: {exc}")
         raise SystemExit(1) from exc

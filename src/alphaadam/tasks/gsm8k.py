@@ -22,14 +22,19 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..eval.gsm8k import format_prompt, read_gsm8k_jsonl, score_gsm8k
+from ..hub import GSM8K_HINT, MODEL_HINT, hub_access
 from .base import Batch, Task, cfg_get
 from .epoch_stream import EpochBatchStream, epoch_steps
+from .glue import _tokenizer_hint, hf_config, preflight_tokenizer
+
+if TYPE_CHECKING:
+    from ..preflight import Check
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +53,8 @@ def load_gsm8k_split(split: str, path: str | None, hf_dataset: str) -> list[dict
         return read_gsm8k_jsonl(p if split == "train" else p.with_name("test.jsonl"))
     import datasets
 
-    try:
+    with hub_access("GSM8K dataset", hf_dataset, GSM8K_HINT, repo_type="dataset"):
         ds = datasets.load_dataset(hf_dataset, "main", split=split)
-    except Exception as err:  # noqa: BLE001 - re-raised with the offline alternative named
-        raise RuntimeError(
-            f"could not load {hf_dataset}/main from the hub ({err}); "
-            "offline, set data.path to a directory with train.jsonl and test.jsonl"
-        ) from err
     return [{"question": r["question"], "answer": r["answer"]} for r in ds]
 
 
@@ -219,7 +219,8 @@ class GSM8KTask(Task):
                 f"model.tokenizer_class={self.tokenizer_class!r} is not a transformers tokenizer "
                 "class (e.g. AutoTokenizer, LlamaTokenizer)"
             )
-        self.tokenizer = tokenizer_cls.from_pretrained(self.tokenizer_path)
+        with hub_access("Tokenizer", self.tokenizer_path, _tokenizer_hint(self)):
+            self.tokenizer = tokenizer_cls.from_pretrained(self.tokenizer_path)
         if self.tokenizer.eos_token_id is None:
             raise ValueError(f"tokenizer {self.tokenizer_path} has no EOS token")
         # Llama has no pad token; pads are masked out of attention and loss anyway.
@@ -301,6 +302,45 @@ class GSM8KTask(Task):
         self._require_setup()
         return epoch_steps(len(self.train_examples), global_batch_size)
 
+    # -- preflight (alphaadam/preflight.py) ----------------------------------------------
+    def preflight(self) -> list[Check]:
+        from alphaadam.hub import check_repo
+        from alphaadam.preflight import Check, check_files, check_model_source, ok
+
+        checks = [preflight_tokenizer(self)]
+        if self.path is not None:
+            p = Path(self.path).expanduser()
+            files = (
+                [p / "train.jsonl", p / "test.jsonl"]
+                if p.is_dir()
+                else [p, p.with_name("test.jsonl")]
+            )
+            checks.append(check_files("data", files, "data.path"))
+        else:
+            good, detail = check_repo(self.hf_dataset, "dataset", "GSM8K dataset", GSM8K_HINT)
+            checks.append(
+                Check(
+                    "data",
+                    "ok" if good else "FAIL",
+                    f"{self.hf_dataset}: {detail}" if good else detail,
+                )
+            )
+        if self.scratch_config is not None:
+            checks.append(ok("model", "built from model.config with the run's seed (no weights)"))
+        else:
+            checks.append(check_model_source(self.model_path, MODEL_HINT))
+        return checks
+
+    def meta_model(self) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        if self.scratch_config is not None:
+            config = _scratch_config(self.scratch_config)
+        else:
+            config = hf_config(self.model_path)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, dtype=self.dtype)
+
     def build_model(self) -> nn.Module:
         from transformers import AutoModelForCausalLM
 
@@ -310,7 +350,8 @@ class GSM8KTask(Task):
         if self.scratch_config is not None:
             model = AutoModelForCausalLM.from_config(_scratch_config(self.scratch_config), **kwargs)
         else:
-            model = AutoModelForCausalLM.from_pretrained(self.model_path, **kwargs)
+            with hub_access("Model", self.model_path, MODEL_HINT):
+                model = AutoModelForCausalLM.from_pretrained(self.model_path, **kwargs)
         if self.gradient_checkpointing:
             # Non-reentrant checkpointing works with FSDP and with frozen inputs.
             # transformers 5 renamed the method; 4.x has only the old name.
