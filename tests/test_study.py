@@ -147,4 +147,4 @@ def test_cli_dry_run_prints_the_plan(tmp_path: Path):
         text=True,
         check=True,
     ).stdout
-    assert "reduced_table3: 4 methods" in out and "Estimated wall time" in out
+    assert "reduced_table3: 5 methods" in out and "Estimated wall time" in out
