@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 import yaml
 
 from alphaadam import checkpoint as ckpt_mod
@@ -164,6 +165,11 @@ def test_config_differences_are_exactly_the_changed_keys_outside_the_allowed_lis
     assert {"trainer.log_every", "trainer.output_root", "trainer.checkpoint_every"} <= set(
         RESUME_MAY_CHANGE
     )
+    # A study's plan (a method added to its sweep) never blocks resuming its runs.
+    planned = OmegaConf.to_container(base, resolve=True)
+    planned["study"] = {"methods": {"alphaadam_onepass": {"lrs": [1e-3]}}}
+    planned["scale"] = "other"
+    assert config_differences(base, planned) == []
 
 
 def test_allowed_changes_resume_and_give_the_uninterrupted_result(tmp_path, monkeypatch, reference):

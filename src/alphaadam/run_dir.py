@@ -46,6 +46,8 @@ RESUME_MAY_CHANGE = (
     "trainer.preflight_processes",  # have none
     "trainer.preflight_fsdp",
     "logger",  # the wandb mirror; the JSONL files are the record
+    "study",  # a reduced-study sweep's plan (grids, seeds): which runs exist, not their numbers
+    "scale",  # the experiment's description of its scale, printed by the tables
     "data.cache_dir",  # token caches are keyed by their inputs
     "data.num_proc",
 )
