@@ -69,10 +69,11 @@ def _stand_ins(experiment: str, tmp: Path) -> list[str]:
     )
 
     common = [f"trainer.output_root={tmp / 'runs'}", f"data.cache_dir={tmp / 'cache'}"]
-    if experiment == "reduced_table1":  # MiniLM's weights come with an installed package
+    if experiment == "reduced_table1":  # MiniLM's weights come with the [study] extra
         return [
             f"trainer.output_root={tmp / 'runs'}",
             f"data.glue_dir={write_glue_dir(tmp / 'glue')}",
+            f"model.name_or_path={write_tiny_roberta(tmp / 'roberta')}",
         ]
     if experiment == "reduced_table2":  # a Llama built from its config: only a tokenizer
         return [

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -145,8 +146,9 @@ def main(cfg: DictConfig) -> Path:
     try:
         return train(cfg)
     except (NonFiniteLossError, HubAccessError) as exc:
+        # On stderr, as a command-line tool's error: Hydra sends the log to stdout.
         if PartialState().is_main_process:
-            log.error(f"error: {exc}")
+            print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from exc
     except RunInterrupted as exc:
         raise SystemExit(128 + exc.signum) from exc  # the shell's code for a signal
