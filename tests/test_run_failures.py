@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 import yaml
+from omegaconf import OmegaConf
 
 from alphaadam import checkpoint as ckpt_mod
 from alphaadam.checkpoint import CheckpointError
