@@ -134,10 +134,18 @@ def memory_summary(root: Path, path: str) -> str:
     return "\n".join([*lines, "", _memory_footer(path, report)]) + "\n"
 
 
+def include(root: Path, path: str) -> str:
+    """A generated Markdown file (e.g. a table `make tables` wrote), verbatim, so the docs
+    show exactly what the committed results give."""
+    text = (root / path).read_text()
+    return text if text.endswith("\n") else text + "\n"
+
+
 RENDERERS: dict[str, Callable[..., str]] = {
     "step_time": step_time,
     "memory": memory,
     "memory_summary": memory_summary,
+    "include": include,
 }
 
 

@@ -106,3 +106,15 @@ def test_stale_block_is_reported_then_rewritten(doc_tables, tmp_path, capsys):
 def test_unknown_renderer_names_the_valid_ones(doc_tables, tmp_path):
     with pytest.raises(ValueError, match="'nope'.*step_time, memory, memory_summary"):
         doc_tables.render("nope x.json", tmp_path)
+
+
+def test_include_copies_a_generated_file_verbatim(doc_tables, tmp_path):
+    (tmp_path / "t.md").write_text("### Table\n\n| a | b |\n|---|---|\n| 1 | 2 |")
+    (tmp_path / "docs").mkdir()
+    doc = tmp_path / "README.md"
+    doc.write_text("<!-- doc_tables: include t.md -->\nold\n<!-- /doc_tables -->\n")
+    assert doc_tables.main(["--root", str(tmp_path)]) == 0
+    assert doc.read_text() == (
+        "<!-- doc_tables: include t.md -->\n### Table\n\n| a | b |\n|---|---|\n| 1 | 2 |\n"
+        "<!-- /doc_tables -->\n"
+    )
