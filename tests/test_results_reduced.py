@@ -169,3 +169,15 @@ def test_table2_names_its_single_scorer(tmp_path: Path):
     table = build_table2(load_runs(tmp_path), load_paper(PAPER))
     assert "accuracy scorer: lm_eval, 5-shot, first 100 test problems" in table.notes
     assert dict(zip(table.header, table.rows[1]))["Adam"] == "25.00"
+
+
+def test_format_lr_keeps_the_digits_an_lr_has():
+    from alphaadam.results.tables import format_lr
+
+    assert [format_lr(x) for x in (0.016, 0.008, 3e-5, 2.5e-4, 1.0)] == [
+        "1.6e-2",
+        "8e-3",
+        "3e-5",
+        "2.5e-4",
+        "1e0",
+    ]

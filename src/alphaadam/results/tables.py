@@ -83,7 +83,12 @@ def format_paper(value: float | None, digits: int) -> str:
 
 
 def format_lr(lr: float | None) -> str:
-    return MISSING if lr is None else f"{lr:.0e}".replace("e-0", "e-")
+    """``3e-5``, ``1.6e-2``: scientific with the digits the lr has (up to three)."""
+    if lr is None:
+        return MISSING
+    mantissa, exponent = f"{lr:.2e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
 
 
 @dataclass
