@@ -348,6 +348,7 @@ class AlphaAdam(Optimizer):
                     numels=b.numels,
                     reduce_sums=b.reduce_sums,
                     previous_scales=None if previous is None else [previous[i] for i in b.indices],
+                    workspace=self._workspace(),
                     cfg=cfg,
                     lr=group["lr"],
                     beta1=beta1,
@@ -361,6 +362,11 @@ class AlphaAdam(Optimizer):
                 applied = [self.state[p]["step_scale"] for p in params]
                 _record_applied_scales(stats, numels, cfg.rescale, previous, applied)
         return loss
+
+    def _workspace(self) -> dict[str, Tensor]:
+        # Scratch buffers reused by every step (the fused C++ step's masks). Not state: not
+        # in state_dict, and a copy or unpickled optimizer starts with none.
+        return self.__dict__.setdefault("_step_workspace", {})
 
     # ------------------------------------------------------------ diagnostics
     def mask_statistics(
@@ -469,13 +475,15 @@ def _single_tensor_alphaadam(
     numels: list[int] | None = None,
     reduce_sums: ReduceSums | None = None,
     previous_scales: list[Tensor] | None = None,
+    workspace: dict[str, Tensor] | None = None,
 ) -> None:
     """One parameter tensor at a time.
 
     ``numels``/``reduce_sums``: whole-tensor element counts and the sum over shards (FSDP2,
     ``sharding.py``). ``previous_scales`` (``one_pass``): per tensor, the previous step's
     multiplier to apply instead of this step's, or 0 for the exact step; this path computes
-    both and selects on the device.
+    both and selects on the device. ``workspace``: scratch buffers the optimizer keeps
+    across steps (used by the fused C++ step; not needed here).
     """
     if numels is None:
         numels = [p.numel() for p in params]
@@ -585,6 +593,7 @@ def _multi_tensor_alphaadam(
     numels: list[int] | None = None,
     reduce_sums: ReduceSums | None = None,
     previous_scales: list[Tensor] | None = None,
+    workspace: dict[str, Tensor] | None = None,
 ) -> None:
     """The single-tensor path's math with foreach kernels (same arguments)."""
     alphas_out = [a for a, _ in stats]
