@@ -95,12 +95,17 @@ def _alphaadam_one_pass(model: nn.Module, **cfg: Any) -> Optimizer:
 
 @register_optimizer("adamw")
 def _torch_adamw(model: nn.Module, **cfg: Any) -> Optimizer:
-    """torch.optim.AdamW, fused on CUDA, foreach elsewhere."""
+    """torch.optim.AdamW: ``fused=None`` is fused on CUDA and foreach elsewhere, ``True`` the
+    fused step on any device (torch has one for CPU too), ``False`` foreach."""
     groups = _split_decay(model, cfg)
     if "betas" in cfg:
         cfg["betas"] = tuple(cfg["betas"])
-    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
-    cfg.setdefault("fused" if on_cuda else "foreach", True)
+    fused = cfg.pop("fused", None)
+    if fused is None:
+        fused = all(p.is_cuda for g in groups for p in g["params"])
+    if fused not in (True, False):
+        raise ValueError(f"Invalid fused={fused!r} for adamw; valid choices are None, True, False")
+    cfg["fused" if fused else "foreach"] = True
     return torch.optim.AdamW(groups, **cfg)
 
 
