@@ -194,6 +194,21 @@ def test_gradient_dtype_mismatch_is_refused():
         AlphaAdam([p], fused="cpu").step()
 
 
+def test_the_kernel_is_loaded_when_the_optimizer_is_built(monkeypatch):
+    # A training run's clock starts after the optimizer is built: the build (or the load
+    # of the cached build) must not fall into the first step.
+    from alphaadam.optim import fused_cpu
+
+    calls = []
+    monkeypatch.setattr(fused_cpu, "load_extension", lambda: calls.append(1))
+    AlphaAdam(make_params(torch.float32)[:2], fused="cpu")
+    AlphaAdam(make_params(torch.float32)[:2], fused=True)
+    assert len(calls) == 2
+    AlphaAdam(make_params(torch.float32)[:2])
+    AlphaAdam(make_params(torch.float32)[:2], fused="compile")
+    assert len(calls) == 2
+
+
 def test_missing_compiler_says_what_is_needed(tmp_path):
     # A fresh extensions cache and a compiler that does not exist: the build must fail with
     # a message naming what is missing and the alternatives, not a bare ninja traceback.

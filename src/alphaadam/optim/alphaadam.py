@@ -224,6 +224,15 @@ class AlphaAdam(Optimizer):
             fused=fused,
         )
         super().__init__(params, defaults)
+        if any(
+            g["fused"] in (True, "cpu") and any(p.device.type == "cpu" for p in g["params"])
+            for g in self.param_groups
+        ):
+            # Built or loaded now, not in the first step(): a training run's clock starts
+            # after construction, and a missing compiler fails before any training.
+            from .fused_cpu import load_extension
+
+            load_extension()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         # Per-group overrides of the mask options are validated like the constructor's,
