@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---:|",
         f"| C++ step: build (empty extensions cache), in the optimizer's constructor | {build:.1f} |",
         f"| C++ step: load of the cached build, in a new process | {load:.2f} |",
-        f"| compiled step (`fused=\"compile\"`), first step, empty Inductor cache, GPT-2 small "
+        f'| compiled step (`fused="compile"`), first step, empty Inductor cache, GPT-2 small '
         f"shapes x{args.scale:g} | {first:.1f} |",
         f"| compiled step, second step | {second:.2f} |",
     ]

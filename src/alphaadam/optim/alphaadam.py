@@ -147,10 +147,11 @@ class AlphaAdam(Optimizer):
             paper; see the module docstring), so the fused step is one pass (default False).
         foreach: use the multi-tensor path; ``None`` picks it for CUDA parameters.
         fused: the fused step (docs/fused.md): ``True`` picks Triton kernels for CUDA
-            parameters and a C++ step (built on first use) for CPU ones; ``"triton"``,
-            ``"cpu"`` or ``"compile"`` (``torch.compile``, any device) force one. ``None``
-            uses Triton where it runs natively (CUDA with triton installed, unless
-            ``foreach`` is set), else the foreach/single paths.
+            parameters and a C++ step (built when the optimizer is) for CPU ones;
+            ``"triton"``, ``"cpu"`` or ``"compile"`` (``torch.compile``, any device) force
+            one. ``None`` (default) runs the foreach/single-tensor paths: Triton becomes the
+            CUDA default only once it has passed ``benchmarks/gpu_check.sh`` on real
+            hardware (docs/fused.md).
     """
 
     def __init__(
