@@ -3,7 +3,7 @@
 Each case trains with ``python train.py`` once per optimizer per repeat, in fresh processes,
 the optimizers in a rotated order per repeat (so a slow phase of a shared machine does not
 always hit the same one), with the experiments' own settings: the heap allocator and
-``trainer.fused_optimizer=true`` (AlphaAdam's C++ step, torch's fused CPU AdamW). Recorded
+``fused_optimizer: true`` (AlphaAdam's C++ step, torch's fused CPU AdamW). Recorded
 per run: the training tokens/s it logged (tokens over the training segment's wall time,
 start-up excluded; ``benchmarks/cpu_allocator.py`` runs the process) and the optimizer
 path its config resolved to. Reported per case and optimizer: the median tokens/s and its
@@ -92,12 +92,6 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cpu_training_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
-        "# CPU experiments: training tokens/s, AlphaAdam against AdamW",
-        "",
-        f"`{report['command']}` on {report['date']}, {args.threads} thread(s), "
-        f"{args.repeats} repeat(s) per optimizer in rotated order; load average at the end "
-        f"{report['load_average_at_end']}. Generated; do not edit.",
-        "",
         "| case | optimizer | optimizer.fused | tokens/s per repeat | median tokens/s "
         "| × adamw (medians) | × adamw (median of per-repeat ratios) |",
         "|---|---|---|---|---:|---:|---:|",
@@ -109,6 +103,13 @@ def main(argv: list[str] | None = None) -> None:
             + f" | {row['median_tokens_per_s']:,.0f} | {row['x_adamw_of_medians']:.3f} "
             f"| {row['x_adamw_median_per_repeat']:.3f} |"
         )
+    lines += [
+        "",
+        f"Training tokens/s of the CPU experiments. Measured by `{report['command']}` on "
+        f"{report['date']}, {report['machine']}, {args.threads} thread(s), {args.repeats} "
+        f"repeat(s) per optimizer in rotated order, load average at the end "
+        f"{report['load_average_at_end'][0]:.2f}. Generated; do not edit.",
+    ]
     (args.out / "cpu_training_throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

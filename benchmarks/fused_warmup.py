@@ -98,19 +98,17 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fused_warmup.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
-        "# One-time costs of the fused CPU steps",
-        "",
-        f"`{report['command']}` on {report['date']}, {report['machine']}, "
-        f"{args.threads} thread(s), load average at the end {report['load_average_at_end']}. "
-        "Generated; do not edit.",
-        "",
-        "| what | seconds |",
+        "| one-time cost of a fused CPU step | seconds |",
         "|---|---:|",
         f"| C++ step: build (empty extensions cache), in the optimizer's constructor | {build:.1f} |",
         f"| C++ step: load of the cached build, in a new process | {load:.2f} |",
         f'| compiled step (`fused="compile"`), first step, empty Inductor cache, GPT-2 small '
         f"shapes x{args.scale:g} | {first:.1f} |",
         f"| compiled step, second step | {second:.2f} |",
+        "",
+        f"Measured by `{report['command']}` on {report['date']}, {report['machine']}, "
+        f"{args.threads} thread(s), load average at the end "
+        f"{report['load_average_at_end'][0]:.2f}. Generated; do not edit.",
     ]
     (args.out / "fused_warmup.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -442,12 +442,15 @@ def main(argv=None) -> None:
         "--pair-with", default=BASELINE_FUSED, type=lambda v: None if v == "none" else v,
         help="baseline variant timed step by step next to every variant ('none': unpaired)",
     )  # fmt: skip
-    parser.add_argument("--suffix", default="", help="appended to the output files' names")
     parser.add_argument(
         "--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
         help="parameter and gradient dtype (AlphaAdam keeps fp32 state for half precision)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
+    parser.add_argument(
+        "--name", help="suffix of the output files (e.g. 2threads), so runs that differ in "
+        "threads or variants each keep their own file under --out",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.warmup < 1 or args.steps < 1 or args.repeats < 1 or args.scale <= 0:
         parser.error("--warmup, --steps and --repeats must be >= 1 and --scale > 0")
@@ -457,7 +460,8 @@ def main(argv=None) -> None:
     stem = f"optimizer_step_{torch.device(args.device).type}_scale{args.scale:g}"
     if args.dtype != "float32":
         stem += f"_{args.dtype}"
-    stem += args.suffix
+    if args.name:
+        stem += f"_{args.name}"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
     (args.out / f"{stem}.md").write_text(table)

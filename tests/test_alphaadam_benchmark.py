@@ -55,11 +55,22 @@ def test_benchmark_writes_json_and_markdown(bench, tmp_path):
     assert "| alphaadam_foreach |" in (tmp_path / "optimizer_step_cpu_scale0.002.md").read_text()
 
 
+def test_name_suffixes_the_output_files(bench, tmp_path):
+    bench.main(
+        ["--scale", "0.001", "--steps", "1", "--repeats", "1", "--variants", "adamw_single"]
+        + ["--name", "quiet", "--out", str(tmp_path)]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "optimizer_step_cpu_scale0.001_quiet.json",
+        "optimizer_step_cpu_scale0.001_quiet.md",
+    ]
+
+
 def test_paired_steps_report_median_p90_and_spread(bench, tmp_path):
     variants = ["torch_adamw_fused", "alphaadam_cpu", "alphaadam_onepass_single"]
     bench.main(
         ["--scale", "0.002", "--steps", "3", "--warmup", "2", "--repeats", "2"]
-        + ["--variants", *variants, "--out", str(tmp_path), "--suffix", "_paired"]
+        + ["--variants", *variants, "--out", str(tmp_path), "--name", "paired"]
     )
     report = json.loads((tmp_path / "optimizer_step_cpu_scale0.002_paired.json").read_text())
     assert report["pair_with"] == "torch_adamw_fused"

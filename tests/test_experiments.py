@@ -55,11 +55,39 @@ def _tiny_gsm8k(tmp: Path) -> list[str]:
     ]
 
 
+def _tiny_gsm8k_from_scratch(tmp: Path) -> list[str]:
+    # The reduced Table 2 builds its Llama from model.config: a tiny config with the
+    # fixture's tokenizer (its vocabulary size read from it) instead of the real Llama-2 one.
+    from transformers import AutoTokenizer
+
+    from _finetune_fixtures import write_gsm8k_dir, write_tiny_llama
+
+    model_dir = write_tiny_llama(tmp / "llama")
+    vocab = len(AutoTokenizer.from_pretrained(model_dir))
+    return [
+        f"data.path={write_gsm8k_dir(tmp / 'gsm8k')}",
+        f"model.tokenizer={model_dir}",
+        "model.tokenizer_class=AutoTokenizer",
+        f"model.config.vocab_size={vocab}",
+        "model.config.hidden_size=16",
+        "model.config.intermediate_size=32",
+        "model.config.num_hidden_layers=1",
+        "model.config.num_attention_heads=2",
+        "model.config.num_key_value_heads=2",
+        "data.max_length=64",
+        "data.eval_examples=2",
+        "data.eval_generate_examples=1",
+        "data.max_new_tokens=4",
+    ]
+
+
 #: experiment -> its tiny overrides (default: TINY_LM)
 TINY_OVERRIDES: dict[str, list[str] | Callable[[Path], list[str]]] = {
     "roberta_glue": _tiny_glue,
     "roberta_glue_qqp": _tiny_glue,
     "llama2_gsm8k": _tiny_gsm8k,
+    "reduced_table1": _tiny_glue,
+    "reduced_table2": _tiny_gsm8k_from_scratch,
 }
 
 

@@ -246,3 +246,18 @@ def test_optimizer_fused_override_reaches_the_c_plus_plus_step(name):
     for group in opt.param_groups:
         impl = select_fused_impl(group["fused"], group["foreach"], group["params"])
         assert impl is cpu_alphaadam, (name, group["fused"])
+
+
+def test_extension_name_changes_with_the_source(tmp_path, monkeypatch):
+    # Two versions of the kernel never share a build directory in the extensions cache.
+    from alphaadam.optim import fused_cpu
+
+    source = tmp_path / "k.cpp"
+    source.write_text("int a;")
+    monkeypatch.setattr(fused_cpu, "SOURCE", source)
+    first = fused_cpu.extension_name("AVX2", ["-O3"])
+    assert first == fused_cpu.extension_name("AVX2", ["-O3"])
+    assert first.startswith("alphaadam_cpu_avx2_")
+    source.write_text("int b;")
+    assert fused_cpu.extension_name("AVX2", ["-O3"]) != first
+    assert fused_cpu.extension_name("AVX2", ["-O2"]) != fused_cpu.extension_name("AVX2", ["-O3"])

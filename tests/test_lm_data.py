@@ -95,25 +95,6 @@ def test_text_cache_separates_files_with_end_of_text():
     assert tokens.tolist() == [97, 98, eot, *map(ord, "cdefghijklmnopqrst"), eot]
 
 
-def test_openwebtext_says_when_it_needs_the_network(tmp_path, monkeypatch):
-    import datasets
-
-    gpt2_like = Tokenizer("gpt2", 50257, 50256, lambda s: [0], lambda ids: "")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    with pytest.raises(RuntimeError, match="downloads Skylion007/openwebtext.*HF_HUB_OFFLINE"):
-        corpus.openwebtext_cache(gpt2_like, tmp_path)
-
-    def unreachable(*args, **kwargs):
-        raise ConnectionError("Couldn't reach 'Skylion007/openwebtext' on the Hub")
-
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(datasets, "load_dataset", unreachable)
-    with pytest.raises(RuntimeError, match="needs network access the first time"):
-        corpus.openwebtext_cache(gpt2_like, tmp_path)
-    with pytest.raises(ValueError, match="GPT-2 tokenizer"):
-        corpus.openwebtext_cache(build_tokenizer("byte"), tmp_path)
-
-
 # ------------------------------------------------------------------------- windows
 def _tokens(n=5000):
     return np.arange(n, dtype=np.uint16) % 50000
@@ -185,34 +166,3 @@ def test_lm_task_requires_a_data_source():
         ValueError, match="Unknown data.source 'web'; valid choices are smoke, text, openwebtext"
     ):
         LMTask(data={"source": "web"}, model={})
-
-
-def test_openwebtext_preparation_writes_every_document_once(tmp_path, monkeypatch):
-    """nanoGPT's prepare.py path, with the hub replaced by an in-memory corpus."""
-    import datasets
-
-    docs = [f"document {i} " + "word " * (i % 7) for i in range(300)]
-    fake = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": docs})})
-    requested = {}
-
-    def load_dataset(name, **kwargs):
-        requested["name"] = name
-        return fake
-
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
-    eot = 1000
-    tok = Tokenizer("gpt2", 1001, eot, lambda s: list(s.encode()), lambda ids: "")
-    folder = corpus.openwebtext_cache(tok, tmp_path, num_proc=1, val_size=0.01)
-    assert requested["name"] == "Skylion007/openwebtext"
-    splits = {s: np.fromfile(folder / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")}
-
-    def documents(tokens):
-        cuts = np.flatnonzero(tokens == eot)
-        starts = np.concatenate([[0], cuts[:-1] + 1])
-        return [bytes(tokens[a:b].astype(np.uint8)).decode() for a, b in zip(starts, cuts)]
-
-    train, val = documents(splits["train"]), documents(splits["val"])
-    assert len(val) == 3 and len(train) == 297  # 1% of 300 documents
-    assert sorted(train + val) == sorted(docs)
-    assert corpus.openwebtext_cache(tok, tmp_path, num_proc=1, val_size=0.01) == folder  # cached

@@ -124,6 +124,7 @@ def test_table3_cells_by_hand(ablation_root: Path):
         "3.400 ± 0.141",
         "3.100 ± 0.141",
         "3.250 ± 0.000",
+        "—",  # step scale: these hand-built summaries predate the key
         "2 @ 6e-4",
     ]
     assert row_after(table, "AdamW + AM + dynamic alpha", "ours")[2:] == [
@@ -133,6 +134,7 @@ def test_table3_cells_by_hand(ablation_root: Path):
         "3.300",
         "3.100",
         "3.200",
+        "—",
         "1 @ 6e-4",
     ]
     # Paper values: a literal transcription of PAPER.md's Table 3.
@@ -145,7 +147,7 @@ def test_table3_cells_by_hand(ablation_root: Path):
         "3.243",
     ]
     # No runs for SM and AM: missing cells.
-    assert row_after(table, "AdamW + SM (synchronous mask)", "ours")[2:] == ["—"] * 7
+    assert row_after(table, "AdamW + SM (synchronous mask)", "ours")[2:] == ["—"] * 8
     assert not any(r[0] == "adamw_sm" for r in table.rows)
 
 
@@ -272,6 +274,7 @@ def test_glue_task_with_mixed_metrics_is_left_out(tmp_path: Path):
         tmp_path,
         "b",
         task="glue",
+        experiment="roberta_glue",
         dataset="mrpc",
         optimizer="alphaadam",
         primary_metric="accuracy",
@@ -364,6 +367,16 @@ def test_malformed_and_unfinished_runs_are_reported_and_skipped(tmp_path: Path):
     assert (
         row_after(build_table3(runs, load_paper(PAPER)), "AdamW (baseline)", "ours")[2] == "4.000"
     )
+
+
+def test_an_interrupted_run_is_reported_as_not_completed_not_as_malformed(tmp_path: Path):
+    write_run(tmp_path, "done", evals={1.0: 3.2})
+    write_run(tmp_path, "preempted", status="interrupted", seed=2, evals={1.0: 0.1})
+    runs = load_runs(tmp_path)
+    assert [r.path.name for r in runs.runs] == ["done"]
+    assert runs.malformed == []
+    assert [p.run_dir.name for p in runs.not_completed] == ["preempted"]
+    assert "status='interrupted'" in runs.report()
 
 
 def test_resumed_run_keeps_the_later_record_of_a_replayed_step(tmp_path: Path):

@@ -1,6 +1,8 @@
 """Sweeps on a real SLURM cluster (slurm/local_cluster.sh up; .ci/run starts it).
 
-Skipped, with the reason, only where no SLURM controller answers. Everything else is real:
+Skipped, with the reason, only where no SLURM controller answers, and never under CI=true:
+there a missing cluster fails every test, so a broken launcher cannot land green on skips.
+Everything else is real:
 the Hydra submitit launcher submits a job array, the trainer runs inside SLURM jobs, and the
 requeue test sends SLURM's preemption signal to a running job.
 """
@@ -39,9 +41,16 @@ def _slurm_unavailable() -> str | None:
     return None
 
 
+def _in_ci() -> bool:
+    # GitHub Actions, GitLab CI and most other CI services set CI=true.
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
 @pytest.fixture(scope="module")
 def slurm():
     reason = _slurm_unavailable()
+    if reason and _in_ci():
+        pytest.fail(f"CI=true needs a SLURM cluster (.ci/run starts one): {reason}")
     if reason:
         pytest.skip(reason)
 

@@ -62,6 +62,7 @@ def test_dry_run_shows_paper_settings_and_submits_nothing(tmp_path: Path):
             str(REPO / "scripts" / "sweep.py"),
             "table1",
             "--dry-run",
+            "--no-preflight",  # roberta-base is on the Hub; tests/test_preflight.py covers it
             "optimizer=galore,alphaadam",
             "data.task=qqp",
             "optimizer.lr=1e-5",
@@ -79,3 +80,34 @@ def test_dry_run_shows_paper_settings_and_submits_nothing(tmp_path: Path):
     assert f"run dir {tmp_path / 'sw'}/0_galore" in out
     assert "#SBATCH --array=0-1%2" in out and "#SBATCH --signal=USR2@120" in out
     assert not (tmp_path / "sw").exists()
+
+
+def test_preflight_runs_once_per_distinct_config_and_blocks_a_bad_sweep(
+    tmp_path: Path, monkeypatch, capsys
+):
+    submitted = []
+    monkeypatch.setattr(sweep.subprocess, "call", lambda cmd: submitted.append(cmd) or 0)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    sweep_dir = f"hydra.sweep.dir={tmp_path / 'sw'}"
+
+    # Two processes per job, but 3 micro-batches per step cannot be split over them.
+    bad = ["trainer.gradient_accumulation_steps=3", "hydra.launcher.tasks_per_node=2"]
+    assert sweep.main(["smoke", sweep_dir, *bad]) == 1
+    out = capsys.readouterr().out
+    assert submitted == []
+    assert "preflight: 2 distinct config(s) for 2 job(s), 2 process(es) per job" in out
+    assert "must be divisible by the 2 processes" in out
+    assert "preflight failed for 2 of 2 config(s): nothing submitted" in out
+
+    # The same seed twice gives one config for two jobs... and a good sweep is submitted.
+    assert sweep.main(["smoke", sweep_dir, "optimizer=alphaadam", "seed=1,1"]) == 0
+    out = capsys.readouterr().out
+    assert "preflight: 1 distinct config(s) for 2 job(s)" in out and "jobs 0, 1: ok" in out
+    assert len(submitted) == 1 and submitted[0][-3:] == [
+        sweep_dir,
+        "optimizer=alphaadam",
+        "seed=1,1",
+    ]
+
+    assert sweep.main(["smoke", sweep_dir, *bad, "--no-preflight"]) == 0
+    assert len(submitted) == 2

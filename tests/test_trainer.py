@@ -14,7 +14,7 @@ import torch
 from alphaadam import checkpoint as ckpt_mod
 from alphaadam.run_dir import RunDirError
 from alphaadam.tasks.lm import LMTask
-from alphaadam.trainer import NonFiniteLossError, warmup_cosine
+from alphaadam.trainer import NonFiniteLossError, TrainState, warmup_cosine
 from trainer_helpers import (
     REPO,
     eval_records,
@@ -247,6 +247,26 @@ def test_resume_auto_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, monk
     a, b = _model_state(reference), _model_state(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert summary(resumed)["tokens"] == summary(reference)["tokens"]
+
+
+def test_train_state_keeps_the_trainer_state_json_format_of_earlier_checkpoints():
+    # trainer_state.json as checkpoints have always written it (before TrainState existed):
+    # seven keys, plus the step-scale pair once a masked optimizer logged one.
+    plain = {
+        "step": 6,
+        "tokens": 6144,
+        "wall_time_s": 1.5,
+        "skipped_steps": 1,
+        "best": {"step": 3, "val_loss": 5.0},
+        "final_eval": {"val_loss": 5.1},
+        "train_loss": 4.9,
+    }
+    masked = {**plain, "step_scale_sum": 3.5, "step_scale_records": 2}
+    for saved in (plain, masked):
+        restored = TrainState.from_state_dict(saved)
+        assert list(restored.state_dict().items()) == list(saved.items())  # keys in order
+    assert TrainState.from_state_dict(masked).step_scale_mean == 1.75
+    assert TrainState.from_state_dict(plain).step_scale_mean is None
 
 
 def test_a_kill_during_checkpoint_write_leaves_latest_intact(tmp_path, monkeypatch):

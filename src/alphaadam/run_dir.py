@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 import os
 import secrets
@@ -13,7 +14,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import latest_checkpoint
+from .checkpoint import list_checkpoints
+
+log = logging.getLogger(__name__)
 
 CONFIG, METRICS, MASK_STATS, EVENTS, SUMMARY, CHECKPOINTS = (
     "config.yaml",
@@ -23,34 +26,104 @@ CONFIG, METRICS, MASK_STATS, EVENTS, SUMMARY, CHECKPOINTS = (
     "summary.json",
     "checkpoints",
 )
-#: config keys that may differ between a run and its resumption
-_RESUME_KEYS = ("resume", "run_dir")
+#: Config keys (a key, or a whole group by its prefix) a resumed run may change. They decide
+#: what is printed or logged, where files go and when checkpoints are written, never the
+#: numbers a run produces; every other difference is refused (docs/run_dir.md).
+RESUME_MAY_CHANGE = (
+    "trainer.resume",
+    "trainer.run_dir",
+    "trainer.output_root",
+    "trainer.progress_bar",
+    "trainer.log_every",
+    "trainer.mask_stats_every",
+    "trainer.mask_stats_steps",
+    "trainer.checkpoint_every",
+    "trainer.keep_checkpoints",
+    "trainer.save_final",
+    "trainer.nan_skip_budget",
+    "trainer.cpu_allocator",  # where memory comes from; losses are bit-identical (tested)
+    "trainer.preflight",  # only matter to a run that never trains; runs made before them
+    "trainer.preflight_processes",  # have none
+    "trainer.preflight_fsdp",
+    "logger",  # the wandb mirror; the JSONL files are the record
+    "study",  # a reduced-study sweep's plan (grids, seeds): which runs exist, not their numbers
+    "scale",  # the experiment's description of its scale, printed by the tables
+    "data.cache_dir",  # token caches are keyed by their inputs
+    "data.num_proc",
+)
+
+_NOT_SET = "(not set)"
 
 
 class RunDirError(RuntimeError):
     pass
 
 
-def _comparable(cfg: DictConfig | dict) -> dict:
-    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    c = json.loads(json.dumps(c))  # deep copy
-    for k in _RESUME_KEYS:
-        c.get("trainer", {}).pop(k, None)
-    return c
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _may_change(key: str) -> bool:
+    return any(key == k or key.startswith(f"{k}.") for k in RESUME_MAY_CHANGE)
+
+
+def config_differences(saved: DictConfig | dict, current: DictConfig | dict) -> list[tuple]:
+    """``(key, saved value, current value)`` for every dotted key whose value differs and
+    that :data:`RESUME_MAY_CHANGE` does not allow to change; a key only one side has shows
+    ``"(not set)"`` on the other."""
+    flat = [
+        _flatten(OmegaConf.to_container(c, resolve=True) if isinstance(c, DictConfig) else c)
+        for c in (saved, current)
+    ]
+    return [
+        (key, flat[0].get(key, _NOT_SET), flat[1].get(key, _NOT_SET))
+        for key in sorted(flat[0].keys() | flat[1].keys())
+        if not _may_change(key) and flat[0].get(key, _NOT_SET) != flat[1].get(key, _NOT_SET)
+    ]
+
+
+def _saved_config(run_dir: Path) -> DictConfig | None:
+    f = run_dir / CONFIG
+    return OmegaConf.load(f) if f.is_file() else None
+
+
+def check_same_config(run_dir: Path, cfg: DictConfig) -> None:
+    """Refuse to continue ``run_dir`` under a config that would change its results."""
+    saved = _saved_config(run_dir)
+    if saved is None:
+        return  # a run killed before it wrote config.yaml has nothing to compare with
+    differences = config_differences(saved, cfg)
+    if differences:
+        width = max(len(k) for k, _, _ in differences)
+        lines = "\n".join(f"  {k:<{width}}  run: {a!r}  now: {b!r}" for k, a, b in differences)
+        raise RunDirError(
+            f"{run_dir} was run with another config; continuing it would mix two "
+            f"experiments. Keys that differ:\n{lines}\nResume with the run's values (they "
+            f"are in {run_dir / CONFIG}), or start a new run (trainer.resume=false, or "
+            f"another trainer.run_dir). A resume may change only: {', '.join(RESUME_MAY_CHANGE)}."
+        )
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     f = run_dir / SUMMARY
-    return json.loads(f.read_text()) if f.is_file() else None
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunDirError(
+            f"{f} is damaged (not valid JSON: {err}). It is rewritten when the run continues: "
+            "delete it and resume (trainer.resume=auto), or choose another trainer.run_dir."
+        ) from err
 
 
 def _resumable(run_dir: Path) -> bool:
-    return latest_checkpoint(run_dir / CHECKPOINTS) is not None
-
-
-def _matches(run_dir: Path, cfg: DictConfig) -> bool:
-    f = run_dir / CONFIG
-    return f.is_file() and _comparable(OmegaConf.load(f)) == _comparable(cfg)
+    return bool(list_checkpoints(run_dir / CHECKPOINTS))
 
 
 def resolve_run_dir(cfg: DictConfig) -> tuple[Path, str]:
@@ -58,9 +131,10 @@ def resolve_run_dir(cfg: DictConfig) -> tuple[Path, str]:
     ``"resume"`` or ``"completed"`` (nothing left to do).
 
     ``trainer.resume``: ``false`` starts a new run; ``auto`` continues ``trainer.run_dir``
-    if given, else the newest unfinished run under ``<output_root>/<experiment>/<optimizer>``
-    whose config is identical (apart from resume/run_dir), else starts a new run; a path
-    continues the run in that directory.
+    if given, else the newest run under ``<output_root>/<experiment>/<optimizer>`` with the
+    same config (up to :data:`RESUME_MAY_CHANGE`) that completed (nothing to do) or has a
+    checkpoint, else starts a new run; a path continues the run in that directory. A run is
+    only ever continued under the config it was started with (:func:`check_same_config`).
     """
     tc = cfg.trainer
     resume = tc.resume
@@ -70,8 +144,9 @@ def resolve_run_dir(cfg: DictConfig) -> tuple[Path, str]:
         path = Path(str(resume)).expanduser()
         if not _resumable(path):
             raise RunDirError(
-                f"trainer.resume={resume}: {path} holds no checkpoints/latest to resume"
+                f"trainer.resume={resume}: {path} holds no checkpoints/latest (no step-* folder) to resume"
             )
+        check_same_config(path, cfg)
         return path.resolve(), "resume"
     if tc.run_dir:
         path = Path(str(tc.run_dir)).expanduser().resolve()
@@ -83,20 +158,27 @@ def resolve_run_dir(cfg: DictConfig) -> tuple[Path, str]:
                 f"{path} already holds a run (status {summary and summary.get('status')!r}); "
                 "pass trainer.resume=auto to continue it, or choose another trainer.run_dir"
             )
-        if summary is not None and summary.get("status") == "completed":
-            return path, "completed"
-        return path, ("resume" if _resumable(path) else "new")
+        completed = summary is not None and summary.get("status") == "completed"
+        if not completed and not _resumable(path):
+            return path, "new"  # stopped before its first checkpoint: nothing to continue
+        check_same_config(path, cfg)
+        return path, ("completed" if completed else "resume")
     parent = (
         Path(str(tc.output_root)).expanduser() / str(cfg.experiment_name) / str(cfg.optimizer.name)
     )
     if resume == "auto" and parent.is_dir():
         for candidate in sorted(parent.iterdir(), reverse=True):
-            summary = read_summary(candidate) or {}
-            if (
-                summary.get("status") != "completed"
-                and _resumable(candidate)
-                and _matches(candidate, cfg)
-            ):
+            saved = _saved_config(candidate)
+            if saved is None or config_differences(saved, cfg):
+                continue
+            try:
+                summary = read_summary(candidate) or {}
+            except RunDirError as err:
+                log.warning("Skipping %s: %s", candidate, err)
+                continue
+            if summary.get("status") == "completed":
+                return candidate.resolve(), "completed"
+            if _resumable(candidate):
                 return candidate.resolve(), "resume"
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     return (parent / f"{stamp}_{secrets.token_hex(3)}").resolve(), "new"
@@ -119,14 +201,38 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop records after ``last_step``: a resumed run re-logs the steps it redoes."""
+    """Drop records after ``last_step``: a resumed run re-logs the steps it redoes.
+
+    A last line that is not JSON (the process was killed while appending it) is dropped
+    with a warning; an unreadable line before the last one is an error naming it."""
     if not path.is_file():
         return
-    keep = [
-        line
-        for line in path.read_text().splitlines(keepends=True)
-        if line.strip() and json.loads(line).get("step", 0) <= last_step
-    ]
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    keep = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number < len(lines):
+                raise RunDirError(
+                    f"{path} line {number} is not JSON ({err}): the file is damaged before "
+                    "its last line. Repair or delete that line, then resume."
+                ) from err
+            log.warning(
+                "%s: dropped its torn last line %d (%d characters, written when the run "
+                "stopped): %.60r",
+                path,
+                number,
+                len(line),
+                line,
+            )
+            continue
+        if record.get("step", 0) <= last_step:
+            keep.append(line if line.endswith("\n") else line + "\n")
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(keep))
     os.replace(tmp, path)

@@ -148,7 +148,10 @@ class GPT(nn.Module):
         local directory written by ``save_pretrained``), converted as nanoGPT does."""
         from transformers import GPT2LMHeadModel
 
-        hf = GPT2LMHeadModel.from_pretrained(name_or_path)
+        from ..hub import GPT2_INIT_HINT, hub_access
+
+        with hub_access("GPT-2 checkpoint (model.init_from)", name_or_path, GPT2_INIT_HINT):
+            hf = GPT2LMHeadModel.from_pretrained(name_or_path)
         hc = hf.config
         cfg = GPTConfig(
             block_size=hc.n_positions,

@@ -52,6 +52,10 @@ LOW_RANK_TARGETS = ("attn", "attention", "mlp", "intermediate", "output.dense")
 LOW_RANK_EXCLUDE = ("lm_head", "classifier", "score", "pooler", "embed", "wte", "wpe")
 
 
+class CudaOnlyError(RuntimeError):
+    """The optimizer runs only on CUDA parameters (the preflight cannot build it on a CPU)."""
+
+
 def require(module: str, package: str, optimizer: str, hint: str = BASELINES_HINT) -> ModuleType:
     """Import ``module`` or fail with the install command for ``optimizer``."""
     try:
@@ -481,7 +485,7 @@ def _microadam(
     """MicroAdam with a sliding window of ``m`` sparse gradients (the paper uses m=10)."""
     devices = {p.device.type for p in model.parameters() if p.requires_grad}
     if devices != {"cuda"}:
-        raise RuntimeError(
+        raise CudaOnlyError(
             "optimizer 'microadam' runs only on CUDA GPUs (ista-daslab-optimizers' MicroAdam "
             f"is a set of CUDA kernels), but the model's parameters are on {sorted(devices)}; "
             "move the model to a GPU first or pick another optimizer"

@@ -16,6 +16,7 @@ directory) holds one build per instruction set instead of one that crashes elsew
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -55,16 +56,28 @@ def _compiler_flags(isa: str) -> list[str]:
     return ["-O3", *threads, "-fno-math-errno", *_ISA_FLAGS.get(isa, [])]
 
 
+def extension_name(isa: str, flags: list[str]) -> str:
+    """``alphaadam_cpu_<isa>_<hash of the source and flags>``.
+
+    The hash keeps builds of different sources apart in a shared cache: two checkouts or
+    versions of this package on one machine would otherwise rebuild one directory in turn,
+    and a process could import the other version's library between the build and its own
+    import (seen as ``TypeError: step(): incompatible function arguments``).
+    """
+    digest = hashlib.sha256(SOURCE.read_bytes() + "\0".join(flags).encode()).hexdigest()[:10]
+    return f"alphaadam_cpu_{isa.lower()}_{digest}"
+
+
 @functools.cache
 def load_extension() -> ModuleType:
-    """Build (once per machine and instruction set) and import the C++ step."""
+    """Build (once per machine, instruction set and source) and import the C++ step."""
     from torch.utils.cpp_extension import load
 
     isa = _isa()
     flags = _compiler_flags(isa)
     try:
         return load(
-            name=f"alphaadam_cpu_{isa.lower()}",
+            name=extension_name(isa, flags),
             sources=[str(SOURCE)],
             extra_cflags=flags,
             verbose=os.environ.get("ALPHAADAM_VERBOSE_BUILD") == "1",

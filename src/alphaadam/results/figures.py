@@ -25,10 +25,12 @@ import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 from .runs import Run, RunSet  # noqa: E402
+from .selection import choose_lr  # noqa: E402
 
 ALPHA_MAX = 2.0  # the paper's clip (Appendix F.4), drawn as a reference line
 LOG_SCALE_RATIO = 4.0  # loss max/min from which the y axis is logarithmic
 GPT2_SIZES = ("gpt2_small", "gpt2_medium", "gpt2_large")
+TABLE3_EXPERIMENTS = ("ablation_table3", "reduced_table3")
 
 
 @dataclass
@@ -37,25 +39,32 @@ class FigureReport:
     skipped: list[str] = field(default_factory=list)
 
 
+def selection_value(run: Run) -> float:
+    """What a run's lr is chosen on, as the tables choose it: the final (100%) validation
+    loss of a Table 3 ablation, the held-out answer loss of a reduced GSM8K run, else the
+    run's best primary metric."""
+    from .tables import val_loss_at
+
+    if run.experiment in TABLE3_EXPERIMENTS:
+        return val_loss_at(run, 1.0)
+    if run.summary["task"] == "gsm8k" and run.experiment.startswith("reduced_"):
+        value = run.summary["final"].get("val_loss")
+    else:
+        value = run.summary["best"].get(run.summary["primary_metric"])
+    return math.nan if value is None else float(value)
+
+
 def best_lr_runs(runs: list[Run]) -> dict[str, list[Run]]:
-    """Per optimizer: the runs (seeds) at the lr whose mean primary metric is best."""
+    """Per optimizer: the runs (seeds) at the lr the tables choose (``choose_lr`` on
+    :func:`selection_value`, every lr on equal seed counts)."""
     chosen: dict[str, list[Run]] = {}
     by_opt: dict[str, list[Run]] = {}
     for run in runs:
         by_opt.setdefault(run.optimizer, []).append(run)
     for opt, opt_runs in sorted(by_opt.items()):
-        rows = [
-            {"lr": r.lr, "value": r.summary["best"].get(r.summary["primary_metric"]), "run": r}
-            for r in opt_runs
-        ]
-        frame = pd.DataFrame(rows)
-        means = frame.groupby("lr")["value"].mean().dropna()
-        if means.empty:
-            lr = min(frame["lr"])
-        else:
-            mode = opt_runs[0].summary["primary_mode"]
-            best = means.max() if mode == "max" else means.min()
-            lr = float(means[means == best].index[0])
+        mode = opt_runs[0].summary["primary_mode"]
+        choice = choose_lr(((r.lr, r.seed, selection_value(r)) for r in opt_runs), mode)
+        lr = choice.lr if choice is not None else min(r.lr for r in opt_runs)
         chosen[opt] = [r for r in opt_runs if r.lr == lr]
     return chosen
 
@@ -131,7 +140,7 @@ def figure2(runs: RunSet, out_dir: Path, report: FigureReport, experiments=GPT2_
 
 
 def figure3(runs: RunSet, out_dir: Path, report: FigureReport) -> None:
-    gsm = runs.select(task="gsm8k")
+    gsm = [r for r in runs.select(task="gsm8k") if r.scale == "paper"]
     if not gsm:
         report.skipped.append("figure3: no completed runs with task=gsm8k")
         return
@@ -203,6 +212,179 @@ def figure_alpha(
     _save(fig, out_dir, name, report)
 
 
+def _lr_panels(runs: list[Run]) -> dict[str, list[Run]]:
+    """One panel per GLUE task (Table 1), else a single panel."""
+    if runs and runs[0].summary["task"] == "glue":
+        panels: dict[str, list[Run]] = {}
+        for run in runs:
+            panels.setdefault(str(run.summary["dataset"]).upper(), []).append(run)
+        return dict(sorted(panels.items()))
+    return {"": runs}
+
+
+def _value_label(run: Run) -> str:
+    if run.experiment in TABLE3_EXPERIMENTS:
+        return "final validation loss"
+    if run.summary["task"] == "gsm8k" and run.experiment.startswith("reduced_"):
+        return "answer loss (test split)"
+    return f"best {run.summary['primary_metric']}"
+
+
+def figure_lr_sensitivity(
+    runs: list[Run], out_dir: Path, report: FigureReport, name: str, title: str
+) -> None:
+    """Each method's selection value against lr over its whole grid: every seed a dot, the
+    mean over seeds a line, the chosen lr ringed. Masked methods take larger steps at the same
+    nominal lr, so their optimum sits elsewhere; the curve shows how far, and how steeply
+    each method falls off past it."""
+    panels = _lr_panels(runs)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False)
+    for ax, (panel, panel_runs) in zip(axes[0], panels.items()):
+        chosen = best_lr_runs(panel_runs)
+        for i, (opt, opt_runs) in enumerate(
+            sorted(_group(panel_runs, lambda r: r.optimizer).items())
+        ):
+            color = f"C{i}"
+            points = pd.DataFrame(
+                [{"lr": r.lr, "value": selection_value(r)} for r in opt_runs]
+            ).sort_values("lr")
+            finite = points[points["value"].map(math.isfinite)]
+            ax.scatter(finite["lr"], finite["value"], color=color, s=12, alpha=0.6)
+            means = finite.groupby("lr")["value"].mean()
+            ax.plot(means.index, means.to_numpy(), color=color, label=opt, linewidth=1.3)
+            best_lr = chosen[opt][0].lr
+            if best_lr in means.index:
+                ax.scatter(
+                    [best_lr], [means[best_lr]], facecolors="none", edgecolors=color, s=90, lw=1.5
+                )
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel(_value_label(panel_runs[0]))
+        ax.set_title(panel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"{title}\nlr sensitivity: dots = seeds, line = mean, ring = chosen lr", fontsize=10
+    )
+    fig.tight_layout()
+    _save(fig, out_dir, name, report)
+
+
+def _group(runs: list[Run], key) -> dict[str, list[Run]]:
+    out: dict[str, list[Run]] = {}
+    for run in runs:
+        out.setdefault(key(run), []).append(run)
+    return out
+
+
+def figure_step_scale(
+    runs: list[Run], out_dir: Path, report: FigureReport, name: str, title: str
+) -> None:
+    """The effective step over training: the mean over tensors of the lr multiplier each
+    masked method's update applied (``step_scale_mean``; band: min-max over tensors), at the
+    chosen lr, averaged over seeds. An unmasked optimizer's multiplier is 1."""
+    panels = _lr_panels(runs)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False)
+    drawn = False
+    for ax, (panel, panel_runs) in zip(axes[0], panels.items()):
+        for i, (opt, chosen) in enumerate(best_lr_runs(panel_runs).items()):
+            if not all("step_scale_mean" in r.train_curve() for r in chosen):
+                continue
+            curves = [
+                mean_curve(chosen, c)
+                for c in ("step_scale_mean", "step_scale_min", "step_scale_max")
+            ]
+            step = curves[0]["step"]
+            color = f"C{i}"
+            ax.plot(
+                step,
+                curves[0]["step_scale_mean"],
+                color=color,
+                label=f"{opt} (lr {chosen[0].lr:g})",
+            )
+            ax.fill_between(
+                step,
+                curves[1]["step_scale_min"],
+                curves[2]["step_scale_max"],
+                color=color,
+                alpha=0.12,
+            )
+            drawn = True
+        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":", label="1 = the lr as given")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
+        ax.set_xlabel("training step")
+        ax.set_ylabel("lr multiplier alpha * d / (nnz + 1)")
+        ax.set_title(panel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    if not drawn:
+        plt.close(fig)
+        report.skipped.append(f"{name}: no masked run logged step_scale")
+        return
+    fig.suptitle(
+        f"{title}: effective step of the masked methods (line: mean over tensors, band: min-max)"
+    )
+    fig.tight_layout()
+    _save(fig, out_dir, name, report)
+
+
+#: The reduced study's experiments and the figures drawn from each.
+REDUCED_FIGURES = {
+    "reduced_table3": "Reduced Table 3 (GPT-2 arch, byte-level Tiny Shakespeare, CPU)",
+    "reduced_table1": "Reduced Table 1 (MiniLM-L6 on GLUE, CPU)",
+    "reduced_table2": "Reduced Table 2 (Llama arch from scratch on GSM8K, CPU)",
+}
+
+
+def reduced_figures(runs: RunSet, out_dir: Path, report: FigureReport, alpha_step_value=None):
+    """Figures 2-5 at the reduced study's scale, the lr sensitivity and the effective step."""
+    if not any(runs.select(experiment=e) for e in REDUCED_FIGURES):
+        report.skipped.append(f"reduced-study figures: no runs of {', '.join(REDUCED_FIGURES)}")
+        return
+    for experiment, title in REDUCED_FIGURES.items():
+        selected = runs.select(experiment=experiment)
+        if not selected:
+            report.skipped.append(f"{experiment} figures: no completed runs")
+            continue
+        figure_lr_sensitivity(selected, out_dir, report, f"lr_sensitivity_{experiment}", title)
+        figure_step_scale(selected, out_dir, report, f"step_scale_{experiment}", title)
+    t3 = runs.select(experiment="reduced_table3")
+    if t3:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        _loss_panel(ax, t3, REDUCED_FIGURES["reduced_table3"])
+        fig.suptitle("Figure 2 at reduced scale: training loss")
+        fig.tight_layout()
+        _save(fig, out_dir, "figure2_reduced_loss", report)
+    t2 = runs.select(experiment="reduced_table2")
+    if t2:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        _loss_panel(ax, t2, REDUCED_FIGURES["reduced_table2"])
+        fig.suptitle("Figure 3 at reduced scale: GSM8K training loss")
+        fig.tight_layout()
+        _save(fig, out_dir, "figure3_reduced_gsm8k_loss", report)
+    for name, experiment, title in (
+        (
+            "figure4_reduced_alpha_gsm8k",
+            "reduced_table2",
+            "Figure 4 at reduced scale: alpha, GSM8K",
+        ),
+        (
+            "figure5_reduced_alpha_gpt2",
+            "reduced_table3",
+            "Figure 5 at reduced scale: alpha, GPT-2 arch",
+        ),
+    ):
+        chosen = best_lr_runs(runs.select(experiment=experiment)).get("alphaadam", [])
+        run = pick_alpha_run(chosen)
+        if run is None:
+            report.skipped.append(
+                f"{name}: no completed alphaadam run of {experiment} with mask_stats.jsonl"
+            )
+            continue
+        figure_alpha(run, out_dir, report, name, title, alpha_step_value)
+
+
 def make_figures(
     runs: RunSet,
     out_dir: str | Path,
@@ -221,7 +403,7 @@ def make_figures(
             "figure4_alpha_gsm8k",
             runs.select(experiment=alpha_experiment_fig4)
             if alpha_experiment_fig4
-            else runs.select(task="gsm8k"),
+            else [r for r in runs.select(task="gsm8k") if r.scale == "paper"],
             "Figure 4: alpha, GSM8K fine-tuning",
         ),
         (
@@ -237,6 +419,7 @@ def make_figures(
             )
             continue
         figure_alpha(run, out_dir, report, name, title, alpha_step_value)
+    reduced_figures(runs, out_dir, report, alpha_step_value)
     return report
 
 

@@ -9,6 +9,7 @@ are left out too, and reported separately (they are expected during a sweep).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable
@@ -17,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 MASK_STATS = "mask_stats.jsonl"
 CONFIG = "config.yaml"
 
-VALID_STATUSES = ("running", "completed", "failed")
+VALID_STATUSES = ("running", "completed", "failed", "interrupted")
 VALID_TASKS = ("lm", "glue", "gsm8k")
 # Directories that never hold runs of their own (checkpoint payloads, submitit logs, Hydra).
 _PRUNED_DIRS = {"checkpoints", ".submitit", ".hydra", "wandb", "tables", "figures", "paper"}
@@ -81,6 +83,17 @@ class Run:
     @property
     def seed(self) -> int:
         return int(self.summary["seed"])
+
+    @functools.cached_property
+    def config(self) -> dict[str, Any]:
+        """The run's resolved ``config.yaml`` (read on first use)."""
+        loaded = yaml.safe_load((self.path / CONFIG).read_text())
+        return loaded if isinstance(loaded, dict) else {}
+
+    @property
+    def scale(self) -> str:
+        """What scale the run is (the config's ``scale``; runs from before the key: "paper")."""
+        return str(self.config.get("scale") or "paper")
 
     def train_curve(self) -> pd.DataFrame:
         return self.metrics[self.metrics["kind"] == "train"].sort_values("step")

@@ -9,13 +9,25 @@ GLUE classification/regression and GSM8K supervised fine-tuning are each one ``T
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from ..preflight import Check
+
 Batch = dict[str, torch.Tensor]
+
+
+def cfg_get(cfg: Mapping | None, key: str, default: Any = None) -> Any:
+    """``cfg[key]`` of a task's ``data``/``model`` config node; ``default`` when the node or
+    the key is missing or the value is null (so ``key: null`` in YAML means "the default")."""
+    if cfg is None:
+        return default
+    value = cfg.get(key, default)
+    return default if value is None else value
 
 
 class BatchStream(abc.ABC):
@@ -64,6 +76,22 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def build_model(self) -> nn.Module: ...
+
+    def preflight(self) -> list[Check]:
+        """Check, without training or downloading weights, that the tokenizer, data and
+        model this task needs can be reached (local files, the cache, or the Hub with this
+        machine's token): a list of :class:`alphaadam.preflight.Check`. May prepare what
+        :meth:`meta_model` needs (a small tokenizer). ``trainer.preflight=true`` calls it
+        instead of :meth:`setup`; the default checks nothing."""
+        return []
+
+    def meta_model(self) -> nn.Module:
+        """The model's architecture on the meta device, with no weights read: the preflight
+        counts its parameters and estimates memory from it. Called after :meth:`preflight`.
+        The default builds :meth:`build_model` under ``torch.device("meta")``, right for
+        models built from scratch; tasks that load weights override it."""
+        with torch.device("meta"):
+            return self.build_model()
 
     @abc.abstractmethod
     def train_stream(

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from alphaadam.tasks.base import Batch, BatchStream
+from .base import Batch, BatchStream
 
 
 class EpochBatchStream(BatchStream):

@@ -20,14 +20,18 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alphaadam.tasks.base import Batch, Task
-from alphaadam.tasks.epoch_stream import EpochBatchStream, epoch_steps
+from ..hub import GLUE_HINT, MODEL_HINT, TOKENIZER_HINT, HubAccessError, hub_access
+from .base import Batch, Task, cfg_get
+from .epoch_stream import EpochBatchStream, epoch_steps
+
+if TYPE_CHECKING:
+    from alphaadam.preflight import Check
 
 log = logging.getLogger(__name__)
 
@@ -189,21 +193,9 @@ def load_glue_split(spec: GlueSpec, split: str, glue_dir: str | None, hf_dataset
     import datasets
 
     hub_split = {"train": "train", "dev": "validation"}[split]
-    try:
+    with hub_access("GLUE dataset", hf_dataset, GLUE_HINT, repo_type="dataset"):
         ds = datasets.load_dataset(hf_dataset, spec.name, split=hub_split)
-    except Exception as err:  # noqa: BLE001 - re-raised with the offline alternative named
-        raise RuntimeError(
-            f"could not load {hf_dataset}/{spec.name} from the hub ({err}); "
-            "offline, set data.glue_dir to a directory in the GLUE tsv layout"
-        ) from err
     return [{**{c: row[c] for c in spec.text_columns}, "label": row["label"]} for row in ds]
-
-
-def _cfg_get(cfg: Mapping | None, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default)
-    return default if value is None else value
 
 
 class GlueTask(Task):
@@ -215,14 +207,14 @@ class GlueTask(Task):
     primary_mode = "max"
 
     def __init__(self, data: Mapping | None = None, model: Mapping | None = None):
-        self.spec = glue_spec(_cfg_get(data, "task", "rte"))
+        self.spec = glue_spec(cfg_get(data, "task", "rte"))
         self.primary_metric = self.spec.primary_metric
-        self.glue_dir = _cfg_get(data, "glue_dir")
-        self.hf_dataset = _cfg_get(data, "hf_dataset", HF_GLUE_DATASET)
-        self.max_length = int(_cfg_get(data, "max_length", 512))
-        self.eval_batch_size = int(_cfg_get(data, "eval_batch_size", 64))
-        self.model_path = str(_cfg_get(model, "name_or_path", DEFAULT_MODEL))
-        self.tokenizer_path = str(_cfg_get(model, "tokenizer", self.model_path))
+        self.glue_dir = cfg_get(data, "glue_dir")
+        self.hf_dataset = cfg_get(data, "hf_dataset", HF_GLUE_DATASET)
+        self.max_length = int(cfg_get(data, "max_length", 512))
+        self.eval_batch_size = int(cfg_get(data, "eval_batch_size", 64))
+        self.model_path = str(cfg_get(model, "name_or_path", DEFAULT_MODEL))
+        self.tokenizer_path = str(cfg_get(model, "tokenizer", self.model_path))
         self.tokenizer = None
         self.train_examples: list[dict[str, Any]] | None = None
         self.dev_examples: list[dict[str, Any]] | None = None
@@ -232,7 +224,8 @@ class GlueTask(Task):
     def setup(self, accelerator=None) -> None:
         from transformers import AutoTokenizer, DataCollatorWithPadding
 
-        self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+        with hub_access("Tokenizer", self.tokenizer_path, _tokenizer_hint(self)):
+            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
         self._collator = DataCollatorWithPadding(self.tokenizer)
         if accelerator is not None:
             with accelerator.main_process_first():
@@ -285,17 +278,51 @@ class GlueTask(Task):
         self._require_setup()
         return epoch_steps(len(self.train_examples), global_batch_size)
 
+    # -- preflight (alphaadam/preflight.py) ----------------------------------------------
+    def preflight(self) -> list[Check]:
+        from alphaadam.hub import check_repo
+        from alphaadam.preflight import Check, check_files, check_model_source
+
+        checks = [preflight_tokenizer(self)]
+        if self.glue_dir is not None:
+            folder = Path(self.glue_dir).expanduser() / self.spec.dir_name
+            files = [folder / "train.tsv", folder / "dev.tsv"]
+            checks.append(check_files("data", files, "data.glue_dir"))
+        else:
+            good, detail = check_repo(self.hf_dataset, "dataset", "GLUE dataset", GLUE_HINT)
+            checks.append(
+                Check(
+                    "data",
+                    "ok" if good else "FAIL",
+                    f"{self.hf_dataset}/{self.spec.name}: {detail}" if good else detail,
+                )
+            )
+        checks.append(check_model_source(self.model_path, MODEL_HINT))
+        return checks
+
+    def meta_model(self) -> nn.Module:
+        from transformers import AutoModelForSequenceClassification
+
+        config = hf_config(
+            self.model_path,
+            num_labels=self.spec.num_labels,
+            problem_type="regression" if self.spec.is_regression else "single_label_classification",
+        )
+        with torch.device("meta"):
+            return AutoModelForSequenceClassification.from_config(config)
+
     # -- model and loss -----------------------------------------------------------------
     def build_model(self) -> nn.Module:
         from transformers import AutoModelForSequenceClassification
 
-        return AutoModelForSequenceClassification.from_pretrained(
-            self.model_path,
-            num_labels=self.spec.num_labels,
-            problem_type=(
-                "regression" if self.spec.is_regression else "single_label_classification"
-            ),
-        )
+        with hub_access("Model", self.model_path, MODEL_HINT):
+            return AutoModelForSequenceClassification.from_pretrained(
+                self.model_path,
+                num_labels=self.spec.num_labels,
+                problem_type=(
+                    "regression" if self.spec.is_regression else "single_label_classification"
+                ),
+            )
 
     def compute_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         logits = model(**_inputs(batch, model)).logits
@@ -312,7 +339,7 @@ class GlueTask(Task):
     @property
     def metric(self):
         if self._metric is None:
-            from alphaadam.eval import load_glue_metric
+            from ..eval import load_glue_metric
 
             self._metric = load_glue_metric(self.spec.name)
         return self._metric
@@ -358,6 +385,48 @@ class GlueTask(Task):
         refs = [ex["labels"] for ex in self.dev_examples]
         metrics = self.metric.compute(predictions=pred.tolist(), references=refs)
         return {"val_loss": float(loss.double().mean()), **metrics}
+
+
+def hf_config(name_or_path: str, **kwargs):
+    """A transformers model config alone (config.json, never the weights), for the preflight."""
+    from transformers import AutoConfig
+
+    from alphaadam.hub import hub_reachable
+
+    with hub_access("Model", name_or_path, MODEL_HINT):
+        return AutoConfig.from_pretrained(
+            name_or_path, local_files_only=not hub_reachable(), **kwargs
+        )
+
+
+def preflight_tokenizer(task):
+    """Load a transformers task's tokenizer (small files, cached by the Hub client) and
+    report it: the preflight's tokenizer check for GLUE and GSM8K."""
+    import transformers
+
+    from alphaadam.hub import hub_reachable
+    from alphaadam.preflight import fail, ok
+
+    name = getattr(task, "tokenizer_class", "AutoTokenizer")
+    tokenizer_cls = getattr(transformers, name, None)
+    if tokenizer_cls is None or not hasattr(tokenizer_cls, "from_pretrained"):
+        return fail("tokenizer", f"model.tokenizer_class={name!r} is not a transformers class")
+    try:
+        with hub_access("Tokenizer", task.tokenizer_path, _tokenizer_hint(task)):
+            tokenizer = tokenizer_cls.from_pretrained(
+                task.tokenizer_path, local_files_only=not hub_reachable()
+            )
+    except (HubAccessError, OSError, ValueError, ImportError) as exc:
+        return fail("tokenizer", str(exc))
+    return ok(
+        "tokenizer",
+        f"{type(tokenizer).__name__}, {len(tokenizer)} tokens, from {task.tokenizer_path}",
+    )
+
+
+def _tokenizer_hint(task) -> str:
+    """The local setting for a task's tokenizer: its own key when set apart from the model."""
+    return TOKENIZER_HINT if task.tokenizer_path != task.model_path else MODEL_HINT
 
 
 def _inputs(batch: Batch, model: nn.Module) -> dict[str, torch.Tensor]:

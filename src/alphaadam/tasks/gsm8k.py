@@ -22,15 +22,19 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from alphaadam.eval.gsm8k import format_prompt, read_gsm8k_jsonl, score_gsm8k
-from alphaadam.tasks.base import Batch, Task
-from alphaadam.tasks.epoch_stream import EpochBatchStream, epoch_steps
-from alphaadam.tasks.glue import _cfg_get
+from ..eval.gsm8k import format_prompt, read_gsm8k_jsonl, score_gsm8k
+from ..hub import GSM8K_HINT, MODEL_HINT, hub_access
+from .base import Batch, Task, cfg_get
+from .epoch_stream import EpochBatchStream, epoch_steps
+from .glue import _tokenizer_hint, hf_config, preflight_tokenizer
+
+if TYPE_CHECKING:
+    from ..preflight import Check
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +53,8 @@ def load_gsm8k_split(split: str, path: str | None, hf_dataset: str) -> list[dict
         return read_gsm8k_jsonl(p if split == "train" else p.with_name("test.jsonl"))
     import datasets
 
-    try:
+    with hub_access("GSM8K dataset", hf_dataset, GSM8K_HINT, repo_type="dataset"):
         ds = datasets.load_dataset(hf_dataset, "main", split=split)
-    except Exception as err:  # noqa: BLE001 - re-raised with the offline alternative named
-        raise RuntimeError(
-            f"could not load {hf_dataset}/main from the hub ({err}); "
-            "offline, set data.path to a directory with train.jsonl and test.jsonl"
-        ) from err
     return [{"question": r["question"], "answer": r["answer"]} for r in ds]
 
 
@@ -89,6 +88,62 @@ def tokenize_sft_batch(
     return out
 
 
+def require_sentencepiece_for(folder: Path) -> None:
+    """A local tokenizer given only as SentencePiece's ``tokenizer.model`` (Llama's) is read
+    through ``sentencepiece`` and ``protobuf``; without them transformers fails with a
+    parse error that does not say so."""
+    if not (folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file():
+        return
+    missing = [m for m in ("sentencepiece", "google.protobuf") if not _importable(m)]
+    if missing:
+        raise ImportError(
+            f"{folder / 'tokenizer.model'} is a SentencePiece tokenizer and reading it needs "
+            f"{' and '.join(m.split('.')[-1] for m in missing)}: pip install 'alphaadam[eval]'"
+        )
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package is missing
+        return False
+
+
+def check_round_trip(tokenizer, text: str, tokenizer_path: str) -> None:
+    """Refuse a tokenizer that cannot decode what it encodes (up to whitespace): a broken or
+    foreign ``tokenizer.model`` would otherwise train on sequences that carry no text."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    decoded = tokenizer.decode(ids, skip_special_tokens=True)
+    if " ".join(decoded.split()) != " ".join(text.split()):
+        raise ValueError(
+            f"the tokenizer at {tokenizer_path} does not round-trip text (vocabulary size "
+            f"{len(tokenizer)}): {text[:60]!r}... encodes to {len(ids)} tokens that decode to "
+            f"{decoded[:60]!r}. It is broken or not the model's; point model.tokenizer (or "
+            "model.name_or_path) at the model's own tokenizer files."
+        )
+
+
+def check_targets(
+    examples: list[dict[str, list[int]]], split: str, tokenizer_path: str, max_length: int
+) -> None:
+    """Every encoded example must have a token to predict after the causal shift (a label
+    other than -100 past position 0); otherwise its loss is 0/0."""
+    if not examples:
+        raise ValueError(
+            f"GSM8K {split}: no example fits data.max_length={max_length} with the tokenizer "
+            f"at {tokenizer_path}; raise data.max_length"
+        )
+    empty = [i for i, e in enumerate(examples) if all(t == IGNORE_INDEX for t in e["labels"][1:])]
+    if empty:
+        raise ValueError(
+            f"GSM8K {split}: {len(empty)} of {len(examples)} encoded examples have no token to "
+            f"predict (e.g. example {empty[0]}: {len(examples[empty[0]]['input_ids'])} tokens); "
+            f"the tokenizer at {tokenizer_path} encodes the answers to nothing"
+        )
+
+
 def pack_examples(
     examples: list[dict[str, list[int]]], max_length: int
 ) -> list[dict[str, list[int]]]:
@@ -110,37 +165,62 @@ class GSM8KTask(Task):
     """``data``: ``path`` (local jsonl dir/file, else the hub), ``hf_dataset``,
     ``max_length`` (512), ``packing``, ``eval_batch_size``, ``eval_examples`` (test problems
     for ``val_loss``, all when null), ``eval_generate_examples`` (0), ``max_new_tokens``.
-    ``model``: ``name_or_path``, ``tokenizer``, ``dtype`` (weights: float32 | bfloat16),
-    ``gradient_checkpointing``, ``attn_implementation``."""
+    ``model``: ``name_or_path``, ``tokenizer``, ``tokenizer_class`` (a transformers class
+    name, default ``AutoTokenizer``), ``dtype`` (weights: float32 | bfloat16),
+    ``gradient_checkpointing``, ``attn_implementation``; or, to train from scratch,
+    ``name_or_path: null`` and ``config`` (a transformers config as a mapping with its
+    ``model_type``, e.g. a small Llama), initialised from the run's seed."""
 
     name = "gsm8k"
     primary_metric = "val_loss"
     primary_mode = "min"
 
     def __init__(self, data: Mapping | None = None, model: Mapping | None = None):
-        self.path = _cfg_get(data, "path")
-        self.hf_dataset = _cfg_get(data, "hf_dataset", HF_GSM8K_DATASET)
-        self.max_length = int(_cfg_get(data, "max_length", 512))
-        self.packing = bool(_cfg_get(data, "packing", False))
-        self.eval_batch_size = int(_cfg_get(data, "eval_batch_size", 8))
-        self.eval_examples = _cfg_get(data, "eval_examples")
-        self.eval_generate_examples = int(_cfg_get(data, "eval_generate_examples", 0))
-        self.max_new_tokens = int(_cfg_get(data, "max_new_tokens", 256))
-        self.model_path = str(_cfg_get(model, "name_or_path", DEFAULT_MODEL))
-        self.tokenizer_path = str(_cfg_get(model, "tokenizer", self.model_path))
-        dtype = str(_cfg_get(model, "dtype", "float32"))
+        self.path = cfg_get(data, "path")
+        self.hf_dataset = cfg_get(data, "hf_dataset", HF_GSM8K_DATASET)
+        self.max_length = int(cfg_get(data, "max_length", 512))
+        self.packing = bool(cfg_get(data, "packing", False))
+        self.eval_batch_size = int(cfg_get(data, "eval_batch_size", 8))
+        self.eval_examples = cfg_get(data, "eval_examples")
+        self.eval_generate_examples = int(cfg_get(data, "eval_generate_examples", 0))
+        self.max_new_tokens = int(cfg_get(data, "max_new_tokens", 256))
+        self.scratch_config = cfg_get(model, "config")
+        if self.scratch_config is not None and cfg_get(model, "name_or_path") is not None:
+            raise ValueError(
+                "model.name_or_path and model.config are exclusive: a pretrained model or one "
+                "built from scratch from its config; set the other to null"
+            )
+        self.model_path = (
+            None
+            if self.scratch_config is not None
+            else str(cfg_get(model, "name_or_path", DEFAULT_MODEL))
+        )
+        tokenizer = cfg_get(model, "tokenizer", self.model_path)
+        if tokenizer is None:
+            raise ValueError("a model built from model.config needs model.tokenizer (a directory)")
+        self.tokenizer_path = str(tokenizer)
+        self.tokenizer_class = str(cfg_get(model, "tokenizer_class", "AutoTokenizer"))
+        dtype = str(cfg_get(model, "dtype", "float32"))
         if dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype {dtype!r}; valid: float32, bfloat16, float16")
         self.dtype = getattr(torch, dtype)
-        self.gradient_checkpointing = bool(_cfg_get(model, "gradient_checkpointing", False))
-        self.attn_implementation = _cfg_get(model, "attn_implementation")
+        self.gradient_checkpointing = bool(cfg_get(model, "gradient_checkpointing", False))
+        self.attn_implementation = cfg_get(model, "attn_implementation")
         self.tokenizer = None
         self.train_examples: list[dict[str, list[int]]] | None = None
 
     def setup(self, accelerator=None) -> None:
-        from transformers import AutoTokenizer
+        import transformers
 
-        self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+        require_sentencepiece_for(Path(self.tokenizer_path))
+        tokenizer_cls = getattr(transformers, self.tokenizer_class, None)
+        if tokenizer_cls is None or not hasattr(tokenizer_cls, "from_pretrained"):
+            raise ValueError(
+                f"model.tokenizer_class={self.tokenizer_class!r} is not a transformers tokenizer "
+                "class (e.g. AutoTokenizer, LlamaTokenizer)"
+            )
+        with hub_access("Tokenizer", self.tokenizer_path, _tokenizer_hint(self)):
+            self.tokenizer = tokenizer_cls.from_pretrained(self.tokenizer_path)
         if self.tokenizer.eos_token_id is None:
             raise ValueError(f"tokenizer {self.tokenizer_path} has no EOS token")
         # Llama has no pad token; pads are masked out of attention and loss anyway.
@@ -156,8 +236,13 @@ class GSM8KTask(Task):
             train, test = self._load_raw()
         limit = None if self.eval_examples is None else int(self.eval_examples)
         self.test_records = test[:limit]
+        if train:
+            sample = f"{format_prompt(train[0]['question'])} {train[0]['answer'].strip()}"
+            check_round_trip(self.tokenizer, sample, self.tokenizer_path)
         self.train_examples = self._encode(train, "train")
         self.val_examples = self._encode(self.test_records, "test")
+        for split, examples in (("train", self.train_examples), ("test", self.val_examples)):
+            check_targets(examples, split, self.tokenizer_path, self.max_length)
         if self.packing:
             self.train_examples = pack_examples(self.train_examples, self.max_length)
         log.info(
@@ -217,13 +302,56 @@ class GSM8KTask(Task):
         self._require_setup()
         return epoch_steps(len(self.train_examples), global_batch_size)
 
+    # -- preflight (alphaadam/preflight.py) ----------------------------------------------
+    def preflight(self) -> list[Check]:
+        from alphaadam.hub import check_repo
+        from alphaadam.preflight import Check, check_files, check_model_source, ok
+
+        checks = [preflight_tokenizer(self)]
+        if self.path is not None:
+            p = Path(self.path).expanduser()
+            files = (
+                [p / "train.jsonl", p / "test.jsonl"]
+                if p.is_dir()
+                else [p, p.with_name("test.jsonl")]
+            )
+            checks.append(check_files("data", files, "data.path"))
+        else:
+            good, detail = check_repo(self.hf_dataset, "dataset", "GSM8K dataset", GSM8K_HINT)
+            checks.append(
+                Check(
+                    "data",
+                    "ok" if good else "FAIL",
+                    f"{self.hf_dataset}: {detail}" if good else detail,
+                )
+            )
+        if self.scratch_config is not None:
+            checks.append(ok("model", "built from model.config with the run's seed (no weights)"))
+        else:
+            checks.append(check_model_source(self.model_path, MODEL_HINT))
+        return checks
+
+    def meta_model(self) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        if self.scratch_config is not None:
+            config = _scratch_config(self.scratch_config)
+        else:
+            config = hf_config(self.model_path)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, dtype=self.dtype)
+
     def build_model(self) -> nn.Module:
         from transformers import AutoModelForCausalLM
 
         kwargs: dict[str, Any] = {"dtype": self.dtype}
         if self.attn_implementation is not None:
             kwargs["attn_implementation"] = self.attn_implementation
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, **kwargs)
+        if self.scratch_config is not None:
+            model = AutoModelForCausalLM.from_config(_scratch_config(self.scratch_config), **kwargs)
+        else:
+            with hub_access("Model", self.model_path, MODEL_HINT):
+                model = AutoModelForCausalLM.from_pretrained(self.model_path, **kwargs)
         if self.gradient_checkpointing:
             # Non-reentrant checkpointing works with FSDP and with frozen inputs.
             # transformers 5 renamed the method; 4.x has only the old name.
@@ -301,3 +429,19 @@ class GSM8KTask(Task):
             batch_size=self.eval_batch_size,
         )
         return {k: float(result[k]) for k in ("exact_match_strict", "exact_match_flexible")}
+
+
+def _scratch_config(config: Mapping):
+    """A transformers config from a mapping that names its ``model_type``."""
+    from omegaconf import DictConfig, OmegaConf
+    from transformers import AutoConfig
+
+    fields = (
+        OmegaConf.to_container(config, resolve=True)
+        if isinstance(config, DictConfig)
+        else dict(config)
+    )
+    model_type = fields.pop("model_type", None)
+    if model_type is None:
+        raise ValueError("model.config needs a model_type (e.g. llama)")
+    return AutoConfig.for_model(model_type, **fields)

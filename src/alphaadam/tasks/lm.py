@@ -4,9 +4,10 @@ tokenised corpus (OpenWebText, local text files, or the generated smoke corpus).
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,7 +18,25 @@ from ..data.tokenizers import build_tokenizer
 from ..models.gpt import build_gpt
 from .base import Batch, BatchStream, Task
 
+if TYPE_CHECKING:
+    from ..preflight import Check
+
 SOURCES = ("smoke", "text", "openwebtext")
+_OPENWEBTEXT_KEYS = (
+    "hf_dataset",
+    "hf_revision",
+    "local_dir",
+    "expected_documents",
+    "expected_train_tokens",
+    "count_tolerance",
+    "num_proc",
+)
+
+
+def openwebtext_options(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``openwebtext_cache`` arguments a data config sets (absent keys keep the defaults)."""
+    return {k: data[k] for k in _OPENWEBTEXT_KEYS if k in data}
+
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -88,7 +107,9 @@ class LMTask(Task):
 
     ``data`` keys: ``name``, ``source`` (smoke | text | openwebtext), ``path`` (text files),
     ``tokenizer`` (gpt2 | byte), ``tokenizer_dir``, ``block_size``, ``val_fraction``,
-    ``cache_dir``, ``eval_iters``, ``eval_batch_size``, ``num_proc``.
+    ``cache_dir``, ``eval_iters``, ``eval_batch_size``; for OpenWebText also
+    ``hf_dataset``, ``hf_revision``, ``local_dir``, ``expected_documents``,
+    ``expected_train_tokens``, ``count_tolerance``, ``num_proc``.
     ``model`` keys: the ``build_gpt`` arguments except ``vocab_size`` (``null`` = the
     tokenizer's, padded up to ``pad_vocab_multiple``).
     """
@@ -125,19 +146,34 @@ class LMTask(Task):
             self.splits = smoke_cache(
                 self.tokenizer, d.get("val_fraction", 0.1), d.get("corpus_seed", 0)
             )
+            self._check_splits("the smoke corpus")
             return
         with accelerator.main_process_first():  # tokenise once; the other ranks read the cache
             if d["source"] == "text":
                 folder = text_cache(
-                    d["path"], self.tokenizer, d["cache_dir"], d.get("val_fraction", 0.1)
+                    d["path"],
+                    self.tokenizer,
+                    d["cache_dir"],
+                    d.get("val_fraction", 0.1),
+                    min_split_tokens=self.block_size + 1,
                 )
             else:
-                folder = openwebtext_cache(
-                    self.tokenizer, d["cache_dir"], num_proc=d.get("num_proc", 8)
-                )
+                folder = openwebtext_cache(self.tokenizer, d["cache_dir"], **openwebtext_options(d))
         self.splits = {
             s: np.memmap(folder / f"{s}.bin", dtype=np.uint16, mode="r") for s in ("train", "val")
         }
+        self._check_splits(", ".join(d["path"]) if d["source"] == "text" else str(folder))
+
+    def _check_splits(self, source: str) -> None:
+        # A cache made for a smaller block_size can be too short for this one; found now,
+        # before the run directory exists, not at the first batch.
+        for split, tokens in self.splits.items():
+            if len(tokens) < self.block_size + 1:
+                raise ValueError(
+                    f"data ({source}): the {split} split has {len(tokens)} tokens, fewer than "
+                    f"one window of data.block_size + 1 = {self.block_size + 1}. Use more "
+                    "text or a smaller data.block_size."
+                )
 
     @property
     def block_size(self) -> int:
@@ -151,6 +187,104 @@ class LMTask(Task):
             cfg["vocab_size"] = math.ceil(self.tokenizer.vocab_size / multiple) * multiple
         cfg["block_size"] = self.block_size
         return build_gpt(**cfg)
+
+    # -- preflight (alphaadam/preflight.py) ----------------------------------------------
+    def preflight(self) -> list[Check]:
+        from ..preflight import check_files, check_writable, fail, ok
+
+        d = self.data_cfg
+        checks = []
+        try:
+            self.tokenizer = build_tokenizer(d.get("tokenizer", "gpt2"), d.get("tokenizer_dir"))
+            where = d.get("tokenizer_dir") or "tiktoken's cache or download"
+            if self.tokenizer.name == "byte":
+                where = "no files"
+            checks.append(
+                ok(
+                    "tokenizer",
+                    f"{self.tokenizer.name}, {self.tokenizer.vocab_size} tokens ({where})",
+                )
+            )
+        except (OSError, RuntimeError, ValueError) as exc:
+            checks.append(fail("tokenizer", str(exc)))
+        if d["source"] == "smoke":
+            checks.append(ok("data", "the generated smoke corpus (no files)"))
+        elif d["source"] == "text":
+            checks.append(check_files("data", d["path"], "data.path"))
+            checks.append(check_writable("cache", [Path(d["cache_dir"])]))
+        else:
+            checks.append(self._preflight_openwebtext())
+        return checks
+
+    def _preflight_openwebtext(self):
+        from ..data.corpus import find_openwebtext_files, openwebtext_folder
+        from ..hub import OPENWEBTEXT_HINT, HubAccessError
+        from ..preflight import check_writable, fail, ok
+
+        d = self.data_cfg
+        opts = openwebtext_options(d)
+        name = getattr(getattr(self, "tokenizer", None), "name", d.get("tokenizer", "gpt2"))
+        folder = openwebtext_folder(
+            d["cache_dir"],
+            name,
+            opts.get("hf_dataset", "Skylion007/openwebtext"),
+            opts.get("hf_revision", "main"),
+            opts.get("local_dir"),
+        )
+        if all((folder / f"{s}.bin").is_file() for s in ("train", "val")):
+            tokens = (folder / "train.bin").stat().st_size // 2
+            return ok("data", f"OpenWebText prepared in {folder} ({tokens:,} train tokens)")
+        hint = f"{OPENWEBTEXT_HINT}; or put a prepared train.bin and val.bin into {folder}"
+        try:
+            files = find_openwebtext_files(
+                opts.get("hf_dataset", "Skylion007/openwebtext"),
+                opts.get("hf_revision", "main"),
+                opts.get("local_dir"),
+                hint,
+            )
+        except (HubAccessError, FileNotFoundError) as exc:
+            return fail("data", f"OpenWebText is not prepared in {folder}, and: {exc}")
+        size = files.total_bytes
+        expected = opts.get("expected_train_tokens")
+        kind = "parquet file(s)" if files.kind == "parquet" else "raw shard(s)"
+        detail = (
+            f"OpenWebText not prepared yet: the first run reads {len(files.names)} {kind}"
+            f"{f' ({size / 1e9:.2f} GB)' if size else ''} from {files.source}"
+        )
+        writable = check_writable("data", [folder.parent])
+        if writable.status != "ok":
+            return writable
+        if expected:
+            need = 2 * expected  # uint16 tokens; val.bin is 0.05% of that
+            detail += f" and writes ~{need / 1e9:.2f} GB to {folder}"
+            existing = folder
+            while not existing.exists():
+                existing = existing.parent
+            free = shutil.disk_usage(existing).free
+            if free < need:
+                return fail("data", f"{detail}, but only {free / 1e9:.1f} GB are free there")
+        return ok(
+            "data", detail + "; run it once before a sweep, so jobs do not race to prepare it"
+        )
+
+    def meta_model(self) -> nn.Module:
+        init_from = self.model_cfg.get("init_from", "scratch")
+        if init_from == "scratch":
+            if getattr(self, "tokenizer", None) is None:
+                raise ValueError("its vocabulary comes from the tokenizer, which did not load")
+            return super().meta_model()
+        # The checkpoint's own shapes win (build_gpt): read them from its config alone.
+        from transformers import AutoConfig
+
+        from ..hub import GPT2_INIT_HINT, hub_access, hub_reachable
+        from ..models.gpt import GPT, GPTConfig
+
+        with hub_access("GPT-2 checkpoint (model.init_from)", init_from, GPT2_INIT_HINT):
+            hf = AutoConfig.from_pretrained(init_from, local_files_only=not hub_reachable())
+        block = min(self.block_size, hf.n_positions)
+        cfg = GPTConfig(block, hf.vocab_size, hf.n_layer, hf.n_head, hf.n_embd, 0.0, True)
+        with torch.device("meta"):
+            return GPT(cfg)
 
     def train_stream(
         self, micro_batch_size: int, seed: int, rank: int, world_size: int

@@ -1,0 +1,465 @@
+"""The reduced-scale reproduction study behind ``make reproduce-small`` (docs/reproduction.md).
+
+Each table is one sweep config (``configs/sweep/reduced_table{1,2,3}.yaml``) whose ``study``
+block lists the methods, each method's lr grid, the seeds and how a run is scored. A study
+runs in two stages per method (and per GLUE task):
+
+1. **grid**: every lr of the method's grid at ``grid_seed``. When the chosen lr lies at an
+   edge of the grid, the grid is widened by one lr beyond that edge (``widen_factor``), up to
+   ``max_widenings`` times, so that the chosen lr is inside the range that was tried.
+2. **seeds**: every seed of ``seeds`` at the chosen lr.
+
+The lr is chosen by :func:`alphaadam.results.selection.choose_lr`, the rule ``make tables``
+uses. Every job is a ``train.py`` run with a fixed run directory (``trainer.run_dir`` from the
+sweep config, named by table, task, method, lr and seed) and ``trainer.resume=auto``, so a
+rerun of the study skips completed runs, continues interrupted ones from their last
+checkpoint, and never overwrites a finished run. Which jobs exist is derived from the run
+directories on disk each time, so the study needs no state file of its own.
+
+Runs are local processes by default (``threads_per_run`` torch threads each, ``--jobs`` at a
+time, Hydra's basic launcher) or, with ``launcher="slurm"``, one Hydra multirun per stage and
+method through ``hydra/launcher=slurm`` (a SLURM job array).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .results.selection import LrChoice, choose_lr
+
+REPO = Path(__file__).resolve().parents[2]
+STUDY_SWEEPS = ("reduced_table3", "reduced_table1", "reduced_table2")
+
+
+def format_lr(lr: float) -> str:
+    """The command-line spelling of an lr (Python's shortest round-trip repr)."""
+    return repr(float(lr))
+
+
+def widened(lr: float, factor: float, edge: str) -> float:
+    """The next lr beyond ``edge`` of a grid, rounded to 3 significant digits."""
+    value = lr / factor if edge == "low" else lr * factor
+    return float(f"{value:.3g}")
+
+
+@dataclass(frozen=True)
+class Job:
+    sweep: str
+    method: str
+    task: str | None
+    lr: float
+    seed: int
+    stage: str  # "grid" | "seeds"
+    run_dir: Path
+    overrides: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        task = f"{self.task} " if self.task else ""
+        return f"{self.sweep} {task}{self.method} lr={format_lr(self.lr)} seed={self.seed}"
+
+
+@dataclass
+class Study:
+    """One table's sweep config, read through Hydra so it is exactly what the runs see."""
+
+    sweep: str
+    cfg: DictConfig  # the composed config (any job of the sweep)
+    repo: Path = REPO
+    # Overrides for every job (and the study block), e.g. a quick end-to-end check with
+    # `trainer.max_steps=5 study.root=/tmp/check`.
+    extra: tuple[str, ...] = ()
+
+    @classmethod
+    def load(cls, sweep: str, repo: Path = REPO, extra: Iterable[str] = ()) -> Study:
+        from hydra import compose, initialize_config_dir
+
+        extra = tuple(extra)
+        with initialize_config_dir(str(repo / "configs"), version_base="1.3"):
+            cfg = compose("config", overrides=[f"+sweep={sweep}", *extra])
+        if "study" not in cfg:
+            raise ValueError(f"configs/sweep/{sweep}.yaml has no `study` block")
+        return cls(sweep, cfg, repo, extra)
+
+    @property
+    def spec(self) -> DictConfig:
+        return self.cfg.study
+
+    @property
+    def tasks(self) -> list[str | None]:
+        return list(self.spec.tasks) if self.spec.tasks else [None]
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.spec.methods)
+
+    def groups(self) -> list[tuple[str, str | None]]:
+        return [(m, t) for t in self.tasks for m in self.methods]
+
+    def minutes_per_run(self, task: str | None) -> float:
+        value = self.spec.minutes_per_run
+        return float(value[task] if isinstance(value, DictConfig) else value)
+
+    def run_dir(self, method: str, task: str | None, lr: float, seed: int) -> Path:
+        # The sweep's own trainer.run_dir template, resolved by OmegaConf as the job will.
+        node = OmegaConf.create(
+            {
+                "study": OmegaConf.to_container(self.spec, resolve=True),
+                "sweep_name": self.sweep,
+                "data": {"task": task},
+                "optimizer": {"name": method, "lr": float(lr)},
+                "seed": int(seed),
+                "run_dir": OmegaConf.to_container(self.cfg.trainer, resolve=False)["run_dir"],
+            }
+        )
+        path = Path(node.run_dir)
+        return path if path.is_absolute() else self.repo / path
+
+    def job(self, method: str, task: str | None, lr: float, seed: int, stage: str) -> Job:
+        overrides = [
+            f"+sweep={self.sweep}",
+            f"optimizer={method}",
+            f"optimizer.lr={format_lr(lr)}",
+            f"seed={seed}",
+            *([f"data.task={task}"] if task else []),
+            *self.spec.methods[method].overrides,
+            *self.extra,
+        ]
+        return Job(
+            self.sweep,
+            method,
+            task,
+            float(lr),
+            int(seed),
+            stage,
+            self.run_dir(method, task, lr, seed),
+            tuple(overrides),
+        )
+
+    # -- reading results ------------------------------------------------------------------
+    def score(self, summary: dict[str, Any]) -> float:
+        """The value a run is selected on (``study.select.metric``)."""
+        metric = self.spec.select.metric
+        if metric == "best":
+            best = summary.get("best") or {}
+            value = best.get(summary["primary_metric"])
+        else:
+            value = (summary.get("final") or {}).get(metric)
+        return math.nan if value is None else float(value)
+
+
+def read_status(run_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None, None
+    return summary.get("status"), summary
+
+
+@dataclass
+class GroupState:
+    """One (method, task) of a study: its grid so far, the choice, and the jobs it needs."""
+
+    method: str
+    task: str | None
+    grid: list[float]
+    widenings: int = 0
+    choice: LrChoice | None = None
+    grid_final: bool = False
+    jobs: list[Job] = field(default_factory=list)  # every job known so far
+    waiting: list[Job] = field(default_factory=list)  # not completed yet
+
+
+def group_state(study: Study, method: str, task: str | None) -> GroupState:
+    """Derive a group's jobs from the run directories on disk (no state file)."""
+    spec = study.spec
+    grid = [float(lr) for lr in spec.methods[method].lrs]
+    state = GroupState(method, task, list(grid))
+    seed = int(spec.grid_seed)
+    while True:
+        grid_jobs = [study.job(method, task, lr, seed, "grid") for lr in state.grid]
+        done = {}
+        for job in grid_jobs:
+            status, summary = read_status(job.run_dir)
+            if status == "completed":
+                done[job.lr] = study.score(summary)
+        if len(done) < len(grid_jobs):
+            state.jobs = grid_jobs
+            state.waiting = [j for j in grid_jobs if j.lr not in done]
+            return state
+        choice = choose_lr(((lr, seed, v) for lr, v in done.items()), spec.select.mode)
+        state.choice = choice
+        if choice is not None and choice.at_edge and state.widenings < int(spec.max_widenings):
+            state.grid.append(widened(choice.lr, float(spec.widen_factor), choice.at_edge))
+            state.grid.sort()
+            state.widenings += 1
+            continue
+        state.grid_final = True
+        seed_jobs = []
+        if choice is not None:
+            seed_jobs = [
+                study.job(method, task, choice.lr, int(s), "seeds")
+                for s in spec.seeds
+                if int(s) != seed
+            ]
+        state.jobs = grid_jobs + seed_jobs
+        state.waiting = [j for j in seed_jobs if read_status(j.run_dir)[0] != "completed"]
+        return state
+
+
+def planned_runs(study: Study, state: GroupState) -> int:
+    """Runs this group will have when done, as far as is known (widening may add more)."""
+    extra_seeds = len([s for s in study.spec.seeds if int(s) != int(study.spec.grid_seed)])
+    if state.grid_final:
+        return len(state.jobs)
+    return len(state.grid) + extra_seeds
+
+
+# ----------------------------------------------------------------------------- running
+@dataclass
+class Progress:
+    print: Callable[[str], None] = print
+    started: float = field(default_factory=time.monotonic)
+    durations: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _completed_runs(studies: list[Study]) -> tuple[int, int]:
+    """(completed, planned) runs over every study, as far as the plan is known."""
+    done = total = 0
+    for study in studies:
+        for method, task in study.groups():
+            state = group_state(study, method, task)
+            total += planned_runs(study, state)
+            done += len(state.jobs) - len(state.waiting)
+    return done, total
+
+
+def ready_jobs(studies: list[Study]) -> list[Job]:
+    """Jobs that can start now, in study order (grids before seeds within a table)."""
+    ready: list[Job] = []
+    for study in studies:
+        states = [group_state(study, m, t) for m, t in study.groups()]
+        ready += [j for s in states for j in s.waiting if j.stage == "grid"]
+        ready += [j for s in states for j in s.waiting if j.stage == "seeds"]
+    return ready
+
+
+def describe_plan(studies: list[Study], jobs: int) -> str:
+    lines = []
+    total_minutes = 0.0
+    for study in studies:
+        spec = study.spec
+        states = [group_state(study, m, t) for m, t in study.groups()]
+        planned = sum(planned_runs(study, s) for s in states)
+        waiting = sum(len(s.waiting) for s in states)
+        unknown = sum(planned_runs(study, s) - len(s.jobs) for s in states)
+        to_run = waiting + unknown
+        minutes = sum(
+            (len(s.waiting) + planned_runs(study, s) - len(s.jobs)) * study.minutes_per_run(s.task)
+            for s in states
+        )
+        total_minutes += minutes
+        tasks = f" x {len(study.tasks)} tasks ({', '.join(study.tasks)})" if spec.tasks else ""
+        lines.append(
+            f"{study.sweep}: {len(study.methods)} methods ({', '.join(study.methods)}){tasks}; "
+            f"grid at seed {spec.grid_seed}, then seeds {list(spec.seeds)} at each chosen lr: "
+            f"{planned} runs, {planned - to_run} done, {to_run} to run (~{minutes:.0f} min of "
+            f"one core)"
+        )
+        lines.append(f"    {study.cfg.scale}")
+        for s in states:
+            where = f"{s.task}/" if s.task else ""
+            chosen = f", chosen {format_lr(s.choice.lr)}" if s.grid_final and s.choice else ""
+            lines.append(
+                f"    {where}{s.method}: lrs {[format_lr(lr) for lr in s.grid]}{chosen}; "
+                f"{len(s.waiting)} waiting"
+            )
+    lines.append(
+        f"Estimated wall time: ~{total_minutes / max(jobs, 1):.0f} min with {jobs} runs at a "
+        "time (more if a grid is widened)."
+    )
+    return "\n".join(lines)
+
+
+def _pid_file(log_dir: Path, by_sweep: dict[str, Study], job: Job) -> Path:
+    study = by_sweep[job.sweep]
+    root = (study.repo / study.spec.root).resolve()
+    name = str(job.run_dir.resolve().relative_to(root)).replace(os.sep, "__")
+    return log_dir / f"{name}.pid"
+
+
+def _prune_checkpoints(run_dir: Path) -> None:
+    # A completed run is never resumed again; its checkpoints (kept for resuming an
+    # interrupted run) would only fill the disk and cannot be committed.
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+
+
+def _job_env(study: Study) -> dict[str, str]:
+    threads = str(int(study.spec.threads_per_run))
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(study.repo / "src"), os.environ.get("PYTHONPATH")) if p
+        ),
+    }
+
+
+def _alive_elsewhere(pid_file: Path) -> bool:
+    """Whether another study process is running this job now (its train.py is alive)."""
+    try:
+        pid = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    return b"train.py" in cmdline
+
+
+def run_local(studies: list[Study], jobs: int, progress: Progress, log_dir: Path) -> list[Job]:
+    """Run every ready job as ``python train.py ...``, ``jobs`` at a time, until none is
+    ready. Returns the jobs that failed (they are not retried in this invocation).
+
+    A job another study process is already running (its pid file names a live train.py) is
+    left to it. SIGINT/SIGTERM stop the running jobs (each writes its final status) and
+    end the study; rerun it to continue them from their checkpoints.
+    """
+    by_sweep = {s.sweep: s for s in studies}
+    running: dict[subprocess.Popen, tuple[Job, float, Path, Any]] = {}
+    failed: list[Job] = []
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    def stop(signum, _frame):
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        for proc in running:
+            proc.wait()
+        progress.print(f"stopped by signal {signum}; rerun to continue from the checkpoints")
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run_local_loop(studies, jobs, progress, log_dir, by_sweep, running, failed)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_local_loop(studies, jobs, progress, log_dir, by_sweep, running, failed) -> list[Job]:
+    while True:
+        busy = {r[0].run_dir for r in running.values()} | {j.run_dir for j in failed}
+        ready = [
+            j
+            for j in ready_jobs(studies)
+            if j.run_dir not in busy and not _alive_elsewhere(_pid_file(log_dir, by_sweep, j))
+        ]
+        while ready and len(running) < jobs:
+            job = ready.pop(0)
+            study = by_sweep[job.sweep]
+            pid_file = _pid_file(log_dir, by_sweep, job)
+            log = pid_file.with_suffix(".log")
+            cmd = [sys.executable, str(study.repo / "train.py"), *job.overrides]
+            handle = open(log, "ab")  # noqa: SIM115 - closed when the process ends
+            proc = subprocess.Popen(
+                cmd, cwd=study.repo, env=_job_env(study), stdout=handle, stderr=subprocess.STDOUT
+            )
+            pid_file.write_text(str(proc.pid))
+            running[proc] = (job, time.monotonic(), log, handle)
+            progress.print(f"start  {job.label} ({job.stage})")
+        if not running:
+            return failed
+        finished = None
+        while finished is None:
+            for proc in running:
+                if proc.poll() is not None:
+                    finished = proc
+                    break
+            else:
+                time.sleep(1.0)
+        job, start, log, handle = running.pop(finished)
+        handle.close()
+        _pid_file(log_dir, by_sweep, job).unlink(missing_ok=True)
+        minutes = (time.monotonic() - start) / 60
+        status, summary = read_status(job.run_dir)
+        study = by_sweep[job.sweep]
+        if finished.returncode == 0 and status == "completed":
+            _prune_checkpoints(job.run_dir)
+            progress.durations.setdefault(job.sweep, []).append(minutes)
+            value = study.score(summary)
+            done, total = _completed_runs(studies)
+            remaining = total - done
+            mean = sum(progress.durations[job.sweep]) / len(progress.durations[job.sweep])
+            progress.print(
+                f"done   {job.label} in {minutes:.1f} min: {study.spec.select.metric} "
+                f"{value:.4f} | {done}/{total} runs done, ~{remaining * mean / jobs:.0f} min left"
+            )
+        else:
+            failed.append(job)
+            progress.print(
+                f"FAILED {job.label} (exit {finished.returncode}, status {status}); log: {log}"
+            )
+
+
+def run_slurm(
+    studies: list[Study], progress: Progress, launcher_args: list[str], jobs: int
+) -> list[Job]:
+    """Submit the ready jobs of each (table, method, task, stage) as one Hydra multirun on
+    ``hydra/launcher=slurm`` (a job array) and wait; repeat until nothing is ready."""
+    failed: list[Job] = []
+    lock = threading.Lock()
+    while True:
+        ready = [j for j in ready_jobs(studies) if j not in failed]
+        if not ready:
+            return failed
+        groups: dict[tuple, list[Job]] = {}
+        for job in ready:
+            groups.setdefault((job.sweep, job.method, job.task, job.stage), []).append(job)
+
+        def submit(group: list[Job]) -> None:
+            first = group[0]
+            lrs = ",".join(sorted({format_lr(j.lr) for j in group}))
+            seeds = ",".join(sorted({str(j.seed) for j in group}))
+            fixed = [o for o in first.overrides if not o.startswith(("optimizer.lr=", "seed="))]
+            threads = next(s for s in studies if s.sweep == first.sweep).spec.threads_per_run
+            cmd = [
+                sys.executable,
+                str(REPO / "train.py"),
+                "-m",
+                *fixed,
+                f"optimizer.lr={lrs}",
+                f"seed={seeds}",
+                "hydra/launcher=slurm",
+                f"hydra.launcher.setup=[export OMP_NUM_THREADS={threads}]",
+                *launcher_args,
+            ]
+            with lock:
+                progress.print(f"submit {len(group)} job(s): {' '.join(cmd[2:])}")
+            code = subprocess.call(cmd, cwd=REPO)
+            with lock:
+                for job in group:
+                    status, _ = read_status(job.run_dir)
+                    if status == "completed":
+                        _prune_checkpoints(job.run_dir)
+                    else:
+                        failed.append(job)
+                        progress.print(
+                            f"FAILED {job.label} (multirun exit {code}, status {status})"
+                        )
+
+        with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+            list(pool.map(submit, groups.values()))

@@ -1,0 +1,171 @@
+"""The lr rule shared by the tables and the study, reduced-scale tables, paired differences,
+step scales and Table 2's scorers: every expected cell computed by hand here."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alphaadam.results import load_runs
+from alphaadam.results.selection import choose_lr
+from alphaadam.results.tables import build_all, build_table1, build_table2, load_paper
+from test_results_tables import PAPER, row_after, write_run
+
+
+# ------------------------------------------------------------------------- choose_lr
+def test_choose_lr_compares_every_lr_on_the_same_number_of_seeds():
+    # lr 1e-4 has three seeds (mean 0.833), lr 3e-4 one (0.70). On equal footing (each lr's
+    # lowest-numbered seed) 3e-4 wins 0.70 > 0.60; a plain mean would pick 1e-4.
+    records = [(1e-4, 1, 0.60), (1e-4, 2, 0.95), (1e-4, 3, 0.95), (3e-4, 1, 0.70)]
+    choice = choose_lr(records, "max")
+    assert choice.lr == 3e-4
+    assert choice.seeds_compared == 1
+    assert choice.means == {1e-4: 0.60, 3e-4: 0.70}
+    assert choice.at_edge == "high"
+
+
+def test_choose_lr_ties_divergence_and_edges():
+    assert choose_lr([(2e-3, 1, 1.5), (1e-3, 1, 1.5)], "min").lr == 1e-3  # tie: smaller lr
+    # A diverged (NaN) lr is never chosen but stays in the grid: 4e-3 is inside it.
+    choice = choose_lr([(1e-3, 1, 2.0), (4e-3, 1, 1.0), (8e-3, 1, math.nan)], "min")
+    assert choice.lr == 4e-3 and choice.at_edge is None and choice.grid == (1e-3, 4e-3, 8e-3)
+    assert choose_lr([(1e-3, 1, math.nan)], "min") is None
+    assert choose_lr([(1e-3, 1, 2.0)], "min").at_edge is None  # a single lr has no edge
+    with pytest.raises(ValueError, match="'min' or 'max'"):
+        choose_lr([(1e-3, 1, 2.0)], "best")
+
+
+# ------------------------------------------------------------------- reduced Table 1
+def _reduced_glue(root, name, task, metric, value, optimizer, lr, seed, step_scale):
+    run = write_run(
+        root,
+        name,
+        task="glue",
+        experiment="reduced_table1",
+        dataset=task,
+        optimizer=optimizer,
+        lr=lr,
+        seed=seed,
+        primary_metric=metric,
+        primary_mode="max",
+        best={"step": 10, metric: value},
+        final={"train_loss": 0.1, metric: value},
+    )
+    (run / "config.yaml").write_text(
+        yaml.safe_dump({"optimizer": {"name": optimizer}, "scale": "reduced: tiny, 1 epoch"})
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    summary["step_scale_mean"] = step_scale
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+@pytest.fixture
+def reduced_glue_root(tmp_path: Path) -> Path:
+    # STS-B: adamw at lr 1e-4 (seeds 1, 2: 0.80, 0.84) beats 3e-4 (seed 1: 0.70).
+    _reduced_glue(tmp_path, "s/a1", "stsb", "pearson", 0.80, "adamw", 1e-4, 1, None)
+    _reduced_glue(tmp_path, "s/a2", "stsb", "pearson", 0.84, "adamw", 1e-4, 2, None)
+    _reduced_glue(tmp_path, "s/a3", "stsb", "pearson", 0.70, "adamw", 3e-4, 1, None)
+    # alphaadam at 3e-5, seeds 1, 2: 0.83, 0.86; step scales 2.0 and 3.0.
+    _reduced_glue(tmp_path, "s/b1", "stsb", "pearson", 0.83, "alphaadam", 3e-5, 1, 2.0)
+    _reduced_glue(tmp_path, "s/b2", "stsb", "pearson", 0.86, "alphaadam", 3e-5, 2, 3.0)
+    # CoLA, one seed each.
+    _reduced_glue(tmp_path, "c/a1", "cola", "matthews_correlation", 0.30, "adamw", 1e-4, 1, None)
+    _reduced_glue(tmp_path, "c/b1", "cola", "matthews_correlation", 0.20, "alphaadam", 1e-4, 1, 2.5)
+    # A paper-scale run of the same task must stay in its own table.
+    write_run(
+        tmp_path,
+        "paper_scale",
+        task="glue",
+        experiment="roberta_glue",
+        dataset="stsb",
+        optimizer="adamw",
+        lr=2e-5,
+        primary_metric="pearson",
+        primary_mode="max",
+        best={"pearson": 0.90},
+    )
+    return tmp_path
+
+
+def test_reduced_glue_table_is_its_own_table_with_its_scale(reduced_glue_root: Path):
+    tables = {t.name: t for t in build_all(load_runs(reduced_glue_root), load_paper(PAPER))}
+    assert {"table1", "reduced_table1", "table2", "table3"} <= set(tables)
+    paper_scale = tables["table1"]
+    # Only the roberta_glue run: 90.00 in the STS-B column (the 2nd task).
+    assert row_after(paper_scale, "AdamW", "ours")[3] == "90.00"
+    reduced = tables["reduced_table1"]
+    assert "reduced scale" in reduced.title
+    assert "scale: reduced: tiny, 1 epoch" in reduced.notes
+    # Only the tasks that ran, in the paper's column order (MRPC, STS-B, CoLA, ...).
+    assert reduced.header == ["Method", "", "STS-B", "CoLA", "Avg (2 tasks)"]
+    # adamw: STS-B mean(80, 84) = 82.00 ± 2.83; CoLA 30.00; Avg = (82 + 30) / 2 = 56.00.
+    assert row_after(reduced, "AdamW", "reduced")[2:] == ["82.00 ± 2.83", "30.00", "56.00"]
+    assert row_after(reduced, "AdamW", "seeds @ lr")[2:4] == ["2 @ 1e-4", "1 @ 1e-4"]
+    # No mask: the lr as given.
+    assert row_after(reduced, "AdamW", "step scale")[2:4] == ["1.00 ± 0.00", "1.00"]
+    # alphaadam: STS-B mean(83, 86) = 84.50 ± 2.12; step scale mean(2, 3) = 2.50 ± 0.71.
+    assert row_after(reduced, "AlphaAdam", "reduced")[2:] == ["84.50 ± 2.12", "20.00", "52.25"]
+    assert row_after(reduced, "AlphaAdam", "step scale")[2:4] == ["2.50 ± 0.71", "2.50"]
+    # Only methods with runs get rows.
+    assert {r[0] for r in reduced.rows} - {""} == {"AdamW", "AlphaAdam"}
+
+
+def test_paired_differences_and_grid(reduced_glue_root: Path):
+    reduced = build_table1(
+        load_runs(reduced_glue_root), load_paper(PAPER), experiment="reduced_table1"
+    )
+    paired = next(p for p in reduced.parts if p.name.endswith("_paired"))
+    # STS-B, seeds 1 and 2: 83 - 80 = +3, 86 - 84 = +2 -> +2.50 ± 0.71; t(0.975, 1) = 12.706,
+    # half-width 12.706 * 0.7071 / sqrt(2) = 6.35 -> [-3.85, +8.85]. CoLA: 20 - 30 = -10, n=1.
+    assert paired.rows == [
+        ["AlphaAdam", "+2.50 ± 0.71 (n=2; 95% CI -3.85 to +8.85)", "-10.00 (n=1)"]
+    ]
+    grid = next(p for p in reduced.parts if p.name.endswith("_grid"))
+    assert grid.header == ["Task", "Method", "3e-5", "1e-4", "3e-4"]
+    assert ["STS-B", "AdamW", "", "82.00 (2) *", "70.00 (1)"] in grid.rows
+    assert ["STS-B", "AlphaAdam", "84.50 (2) *", "", ""] in grid.rows
+    text = reduced.to_markdown()
+    assert "#### Paired difference from AdamW" in text and "#### Every lr of the grid" in text
+
+
+# -------------------------------------------------------------------- Table 2 scorers
+def _scored_gsm(root, name, optimizer, acc, harness, shots, limit, seed=1):
+    run = write_run(
+        root,
+        name,
+        task="gsm8k",
+        experiment="llama2_gsm8k",
+        dataset="gsm8k",
+        optimizer=optimizer,
+        lr=5e-5,
+        seed=seed,
+        primary_metric="val_loss",
+        primary_mode="min",
+        final={"train_loss": 0.05, "accuracy": acc},
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    summary["accuracy_eval"] = {"harness": harness, "num_fewshot": shots, "limit": limit}
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def test_table2_never_averages_accuracies_of_different_scorers(tmp_path: Path):
+    _scored_gsm(tmp_path, "a", "alphaadam", 0.30, "lm_eval", 5, None, seed=1)
+    _scored_gsm(tmp_path, "b", "alphaadam", 0.10, "builtin", 0, None, seed=2)
+    table = build_table2(load_runs(tmp_path), load_paper(PAPER))
+    rows = {tuple(r[:2]): dict(zip(table.header, r)) for r in table.rows}
+    # Two rows, one per scorer, each with its own value (a mixed mean would be 20.00).
+    assert rows[("Accuracy (builtin, 0-shot, all test problems)", "ours")]["AlphaAdam"] == "10.00"
+    assert rows[("Accuracy (lm_eval, 5-shot, all test problems)", "ours")]["AlphaAdam"] == "30.00"
+    assert any("different scorers" in n for n in table.notes)
+
+
+def test_table2_names_its_single_scorer(tmp_path: Path):
+    _scored_gsm(tmp_path, "a", "adamw", 0.25, "lm_eval", 5, 100)
+    table = build_table2(load_runs(tmp_path), load_paper(PAPER))
+    assert "accuracy scorer: lm_eval, 5-shot, first 100 test problems" in table.notes
+    assert dict(zip(table.header, table.rows[1]))["Adam"] == "25.00"

@@ -1,0 +1,150 @@
+"""The reduced study driver (alphaadam.study, scripts/reproduce_small.py): stages, grid
+widening, seeds at the chosen lr, resumption, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from alphaadam.study import Progress, Study, describe_plan, group_state, run_local
+from trainer_helpers import REPO
+
+
+def _study(root: Path, lrs: str, *extra: str) -> Study:
+    return Study.load(
+        "reduced_table3",
+        extra=[
+            f"study.root={root}",
+            "~study.methods",
+            f"+study.methods={{adamw:{{lrs:{lrs},overrides:[]}}}}",
+            *extra,
+        ],
+    )
+
+
+def _complete(run_dir: Path, val_loss: float) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(
+        json.dumps({"status": "completed", "final": {"val_loss": val_loss}, "best": {}})
+    )
+
+
+def test_grid_widens_at_an_edge_then_seeds_run_at_the_chosen_lr(tmp_path: Path):
+    study = _study(tmp_path, "[0.001,0.002,0.004]", "study.seeds=[1,2,3]", "study.max_widenings=1")
+    state = group_state(study, "adamw", None)
+    assert [(j.lr, j.seed, j.stage) for j in state.waiting] == [
+        (0.001, 1, "grid"),
+        (0.002, 1, "grid"),
+        (0.004, 1, "grid"),
+    ]
+    # Run directories are named by table, method, lr and seed.
+    assert state.waiting[0].run_dir == tmp_path / "reduced_table3" / "adamw" / "lr0.001_seed1"
+    for job, loss in zip(state.waiting, (3.0, 2.5, 2.0)):
+        _complete(job.run_dir, loss)
+    # The best lr (0.004) is the grid's largest: one more lr beyond it (x widen_factor 2).
+    state = group_state(study, "adamw", None)
+    assert not state.grid_final and state.grid == [0.001, 0.002, 0.004, 0.008]
+    assert [(j.lr, j.stage) for j in state.waiting] == [(0.008, "grid")]
+    _complete(state.waiting[0].run_dir, 2.2)
+    # 0.004 is now inside the grid: seeds 2 and 3 there.
+    state = group_state(study, "adamw", None)
+    assert state.grid_final and state.choice.lr == 0.004
+    assert [(j.lr, j.seed, j.stage) for j in state.waiting] == [
+        (0.004, 2, "seeds"),
+        (0.004, 3, "seeds"),
+    ]
+    assert "adamw: lrs ['0.001', '0.002', '0.004', '0.008'], chosen 0.004; 2 waiting" in (
+        describe_plan([study], jobs=2)
+    )
+
+
+def test_widening_stops_at_max_widenings(tmp_path: Path):
+    study = _study(tmp_path, "[0.001,0.002]", "study.seeds=[1,2]", "study.max_widenings=1")
+    for lr, loss in ((0.001, 3.0), (0.002, 2.0), (0.004, 1.0)):
+        _complete(study.run_dir("adamw", None, lr, 1), loss)
+    state = group_state(study, "adamw", None)
+    # Still at the edge after one widening, but the budget of widenings is spent.
+    assert state.grid_final and state.choice.lr == 0.004 and state.choice.at_edge == "high"
+    assert [(j.lr, j.seed) for j in state.waiting] == [(0.004, 2)]
+
+
+@pytest.mark.slow
+def test_tiny_study_runs_resumes_nothing_twice_and_prunes_checkpoints(tmp_path: Path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 400)
+    study = _study(
+        tmp_path / "study",
+        "[0.001,0.01]",
+        "study.seeds=[1,2]",
+        "study.max_widenings=0",
+        "model=gpt_tiny",
+        f"data.path={text}",
+        "data.block_size=32",
+        "data.eval_iters=1",
+        "data.eval_batch_size=2",
+        "trainer.micro_batch_size=2",
+        "trainer.max_steps=4",
+        "trainer.warmup_steps=1",
+        "trainer.checkpoint_every=2",
+        "trainer.mask_stats_every=0",
+    )
+    lines: list[str] = []
+    failed = run_local([study], 2, Progress(print=lines.append), tmp_path / "logs")
+    assert failed == [], lines
+    runs = sorted(p.parent for p in (tmp_path / "study").rglob("summary.json"))
+    state = group_state(study, "adamw", None)
+    chosen = state.choice.lr
+    assert [p.name for p in runs] == sorted(["lr0.001_seed1", "lr0.01_seed1", f"lr{chosen}_seed2"])
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["steps"] == 4
+        assert not (run / "checkpoints").exists()  # pruned once completed
+    # The lr the study spent its second seed on is the one the table rule chooses.
+    losses = {
+        lr: json.loads((study.run_dir("adamw", None, lr, 1) / "summary.json").read_text())["final"][
+            "val_loss"
+        ]
+        for lr in (0.001, 0.01)
+    }
+    assert chosen == min(losses, key=losses.get)
+    assert sum(line.startswith("start") for line in lines) == 3
+    # A second invocation finds everything completed and starts nothing.
+    again: list[str] = []
+    assert run_local([study], 2, Progress(print=again.append), tmp_path / "logs") == []
+    assert again == []
+
+
+def test_plan_of_the_committed_sweeps_composes():
+    # Every reduced sweep config has a complete study block: the plan prints without running.
+    from alphaadam.study import STUDY_SWEEPS
+
+    for sweep in STUDY_SWEEPS:
+        study = Study.load(sweep, extra=["study.root=/nonexistent/root"])
+        text = describe_plan([study], jobs=2)
+        assert sweep in text and "to run" in text
+        for method in study.methods:
+            lrs = list(study.spec.methods[method].lrs)
+            assert len(lrs) >= 2 and lrs == sorted(lrs)
+
+
+def test_cli_dry_run_prints_the_plan(tmp_path: Path):
+    import subprocess
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "reproduce_small.py"),
+            "--tables",
+            "table3",
+            "--dry-run",
+            "--override",
+            f"study.root={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "reduced_table3: 5 methods" in out and "Estimated wall time" in out
