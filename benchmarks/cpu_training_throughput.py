@@ -10,9 +10,9 @@ path its config resolved to. Reported per case and optimizer: the median tokens/
 ratio to AdamW's, both as a ratio of medians and as the median of the per-repeat ratios.
 
     python benchmarks/cpu_training_throughput.py                    # every case, 2 repeats
-    python benchmarks/cpu_training_throughput.py --cases smoke --repeats 3
+    python benchmarks/cpu_training_throughput.py --cases smoke --repeats 10 --name smoke
 
-Results go to ``results/benchmarks/cpu_training_throughput.{json,md}``.
+Results go to ``results/benchmarks/cpu_training_throughput[_<name>].{json,md}``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
+    parser.add_argument(
+        "--name", help="suffix of the output files, so a run of some cases keeps its own"
+    )
     args = parser.parse_args(argv)
+    stem = "cpu_training_throughput" + (f"_{args.name}" if args.name else "")
     if BASELINE not in args.optimizers:
         parser.error(f"--optimizers must include the baseline {BASELINE!r}")
     if any(c != "smoke" for c in args.cases) and not DATA.is_dir():
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cpu_training_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         "| case | optimizer | optimizer.fused | tokens/s per repeat | median tokens/s "
         "| × adamw (medians) | × adamw (median of per-repeat ratios) |",
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         f"repeat(s) per optimizer in rotated order, load average at the end "
         f"{report['load_average_at_end'][0]:.2f}. Generated; do not edit.",
     ]
-    (args.out / "cpu_training_throughput.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
