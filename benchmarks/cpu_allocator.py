@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 SHAKESPEARE = [
@@ -68,8 +70,11 @@ def run_once(overrides: list[str], allocator: str, threads: int, workdir: Path) 
     (run_dir,) = [p.parent for p in out_root.rglob("summary.json")]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     summary = json.loads((run_dir / "summary.json").read_text())
+    config = OmegaConf.load(run_dir / "config.yaml")  # resolved when the run started
     train = [r for r in records if r["kind"] == "train"]
     return {
+        "optimizer": config.optimizer.name,
+        "optimizer_fused": config.optimizer.get("fused"),
         "wall_s": wall,
         "user_s": usage.ru_utime,
         "sys_s": usage.ru_stime,

@@ -1,8 +1,9 @@
 """Correctness of the fused AlphaAdam step on a real device (the GPU half of tests/test_fused.py).
 
 Steps ``fused="triton"`` (and ``fused="compile"``) against the reference single-tensor path
-on identical parameters and gradients, for every preset, fp32/bf16/fp16 parameters and
-shapes from 0-d to GPT-2's embedding (several Triton chunks per tensor), and compares
+on identical parameters and gradients, for every preset and the masked presets with
+``one_pass=True`` (6 steps: its first one-pass step is step 3), fp32/bf16/fp16 parameters
+and shapes from 0-d to GPT-2's embedding (several Triton chunks per tensor), and compares
 parameters and the whole optimizer state after every step. Prints one line per case and
 writes a JSON summary; exits non-zero on any mismatch.
 
@@ -24,14 +25,19 @@ from alphaadam import PRESETS, AlphaAdam
 REPO = Path(__file__).resolve().parents[1]
 FULL_SHAPES = [(), (0,), (7,), (7, 5), (768,), (768, 2304), (50257, 768)]
 SMALL_SHAPES = [(), (0,), (7,), (7, 5), (33, 17)]
+# (preset, extra options): every preset, and the masked ones one-pass.
+CASES = [(preset, {}) for preset in PRESETS] + [
+    (preset, {"one_pass": True}) for preset in PRESETS if PRESETS[preset]["mask"] != "none"
+]
+ONE_PASS_MIN_STEPS = 6
 
 
-def run_case(fused, preset, dtype, shapes, device, steps) -> dict:
+def run_case(fused, preset, dtype, shapes, device, steps, options=None) -> dict:
     gen = torch.Generator(device="cpu").manual_seed(0)
     base = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
     ref = [p.clone().to(device).requires_grad_() for p in base]
     fus = [p.clone().to(device).requires_grad_() for p in base]
-    kwargs = dict(lr=1e-2, weight_decay=0.1, **PRESETS[preset])
+    kwargs = dict(lr=1e-2, weight_decay=0.1, **PRESETS[preset], **(options or {}))
     opt_ref = AlphaAdam(ref, foreach=False, **kwargs)
     opt_fus = AlphaAdam(fus, fused=fused, **kwargs)
     drift = [torch.randn(s, generator=gen) for s in shapes]
@@ -64,11 +70,12 @@ def main(argv=None) -> int:
     shapes = SMALL_SHAPES if args.small else FULL_SHAPES
     results, failures = [], 0
     for fused in args.paths:
-        for preset in PRESETS:
+        for preset, options in CASES:
+            steps = max(args.steps, ONE_PASS_MIN_STEPS) if options else args.steps
             for dtype in (torch.float32, torch.bfloat16, torch.float16):
-                case = {"fused": fused, "preset": preset, "dtype": str(dtype)}
+                case = {"fused": fused, "preset": preset, **options, "dtype": str(dtype)}
                 try:
-                    case.update(run_case(fused, preset, dtype, shapes, device, args.steps))
+                    case.update(run_case(fused, preset, dtype, shapes, device, steps, options))
                     case["ok"] = True
                 except Exception as exc:  # report every case, then fail
                     case.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])

@@ -39,6 +39,10 @@ def optimizers(device: torch.device) -> dict:
         f"alphaadam_{fused_path}": lambda ps: alphaadam_preset(
             "alphaadam", ps, lr=LR, betas=BETAS, weight_decay=WD, fused=fused_path
         ),
+        # one_pass=True (an extension): its first one-pass step is step 3 (--warmup >= 2).
+        f"alphaadam_onepass_{fused_path}": lambda ps: alphaadam_preset(
+            "alphaadam", ps, lr=LR, betas=BETAS, weight_decay=WD, fused=fused_path, one_pass=True
+        ),
         "alphaadam_foreach": lambda ps: alphaadam_preset(
             "alphaadam", ps, lr=LR, betas=BETAS, weight_decay=WD, foreach=True
         ),

@@ -42,6 +42,8 @@ _TORCH_LABELS = {
     "torch_adamw_foreach": "torch AdamW `foreach=True`",
 }
 _PATH_LABELS = {
+    "onepass_cpu": "one-pass C++ (`one_pass=True, fused=True` on CPU)",
+    "onepass_compile": 'one-pass compiled (`one_pass=True, fused="compile"`)',
     "cpu": "C++ (`fused=True` on CPU)",
     "compile": 'compiled (`fused="compile"`)',
     "triton": 'Triton (`fused="triton"`)',
@@ -55,6 +57,8 @@ def variant_label(name: str) -> str:
     if name in _TORCH_LABELS:
         return _TORCH_LABELS[name]
     preset, _, path = name.rpartition("_")
+    if preset.endswith("_onepass"):  # alphaadam_onepass_cpu -> alphaadam, onepass_cpu
+        preset, path = preset.removesuffix("_onepass"), f"onepass_{path}"
     if path not in _PATH_LABELS:
         return f"`{name}`"
     who = "AlphaAdam" if preset == "alphaadam" else f"`{preset}` preset"
@@ -66,33 +70,46 @@ def _threads(report: dict) -> str:
     return f"{n} thread" + ("s" if n != 1 else "")
 
 
+def _paired(report: dict) -> bool:
+    # Reports of benchmarks/optimizer_step.py since it pairs steps (--pair-with).
+    return report.get("pair_with") == "torch_adamw_fused"
+
+
 def step_time(root: Path, *paths: str) -> str:
-    """Rows of the first report; per report its ms/step and ratio to torch's fused AdamW."""
+    """Rows of the first report; per report its ms/step and ratio to torch's fused AdamW
+    (for a paired report, the median and 90th percentile of the per-pair ratios)."""
     reports = [_load(root, p) for p in paths]
     rows = [{r["variant"]: r for r in rep["results"]} for rep in reports]
     header = ["variant"]
     for rep in reports:
         header += [f"ms/step, {_threads(rep)}", "× torch fused AdamW"]
+        if _paired(rep):
+            header.append("× at the 90th percentile")
     header.append("extra memory in the step")
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     for variant in rows[0]:
         cells = [variant_label(variant)]
-        for by_variant in rows:
+        for rep, by_variant in zip(reports, rows):
             r = by_variant.get(variant)
+            width = 3 if _paired(rep) else 2
             if r is None:
-                cells += ["—", "—"]
+                cells += ["—"] * width
                 continue
-            ratio = r["x_torch_fused"]
+            ratio = r["x_paired_median"] if _paired(rep) else r["x_torch_fused"]
             cells += [f"{r['median_ms']:.0f}", "—" if ratio is None else f"{ratio:.2f}"]
+            if _paired(rep):
+                cells.append(f"{r['x_paired_p90']:.2f}")
         cells.append(f"{rows[0][variant]['step_peak_mib']:.0f} MiB")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for path, rep in zip(paths, reports):
+        how = f"median of {rep['repeats']} x {rep['steps']} steps"
+        if _paired(rep):
+            how += ", each paired with a step of torch's fused AdamW (ratios per pair)"
         lines.append(
             f"{_threads(rep)} of {rep['cpu_count']}, {rep['device']}, torch {rep['torch']}, "
             f"{rep['date']}, load average at the end {rep['load_average_at_end'][0]:.2f}; "
-            f"median of {rep['repeats']} x {rep['steps']} steps; `{path}`, measured by "
-            f"`{rep['command']}`."
+            f"{how}; `{path}`, measured by `{rep['command']}`."
         )
         lines.append("")
     return "\n".join(lines[:-1]) + "\n"

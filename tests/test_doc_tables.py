@@ -67,6 +67,28 @@ def test_step_time_table_from_two_reports(doc_tables, tmp_path):
     assert "`two.json`" in lines[-1]
 
 
+def test_step_time_table_from_a_paired_report(doc_tables, tmp_path):
+    # benchmarks/optimizer_step.py pairs every step with one of torch's fused AdamW: the
+    # table shows the per-pair ratios' median and 90th percentile, not a ratio of medians.
+    report = _step_report(1, {"torch_adamw_fused": (150.0, 1.0, 0.0)})
+    report["pair_with"] = "torch_adamw_fused"
+    report["results"][0].update(x_paired_median=1.0, x_paired_p90=1.0)
+    report["results"].append(
+        {"variant": "alphaadam_onepass_cpu", "median_ms": 152.4, "x_torch_fused": 1.016,
+         "x_paired_median": 1.02, "x_paired_p90": 1.04, "step_peak_mib": 0.0}
+    )  # fmt: skip
+    (tmp_path / "p.json").write_text(json.dumps(report))
+    lines = doc_tables.render("step_time p.json", tmp_path).splitlines()
+    assert lines[:4] == [
+        "| variant | ms/step, 1 thread | × torch fused AdamW | × at the 90th percentile "
+        "| extra memory in the step |",
+        "|---|---:|---:|---:|---:|",
+        "| torch AdamW `fused=True` | 150 | 1.00 | 1.00 | 0 MiB |",
+        "| AlphaAdam one-pass C++ (`one_pass=True, fused=True` on CPU) | 152 | 1.02 | 1.04 | 0 MiB |",
+    ]
+    assert "each paired with a step of torch's fused AdamW" in lines[-1]
+
+
 def test_memory_summary_groups_equal_rows(doc_tables, tmp_path):
     rows = [
         dict(config="b", name="b", source="pkg 1", devices="CPU", bytes_per_param=8.0),

@@ -160,3 +160,44 @@ def test_unknown_group_option_lists_valid_choices(override, valid):
     assert "Available options" in message
     for choice in valid:
         assert choice in message
+
+
+def _built(overrides: list[str]):
+    import torch
+    from omegaconf import OmegaConf
+
+    from alphaadam.optim.registry import build_optimizer
+
+    cfg = compose_config(overrides)
+    opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    return opt_cfg["fused"], build_optimizer(opt_cfg.pop("name"), torch.nn.Linear(3, 2), **opt_cfg)
+
+
+@pytest.mark.parametrize("experiment", ["smoke", "shakespeare_cpu"])
+def test_cpu_experiments_run_the_fused_step_of_each_optimizer(experiment):
+    from alphaadam.optim.fused import select_fused_impl
+    from alphaadam.optim.fused_cpu import cpu_alphaadam
+
+    for name in ("alphaadam", "alphaadam_onepass", "adamw_sm", "adamw_am", "cadamw"):
+        fused, opt = _built([f"experiment={experiment}", f"optimizer={name}"])
+        assert fused is True, name
+        for group in opt.param_groups:
+            assert select_fused_impl(group["fused"], group["foreach"], group["params"]) is (
+                cpu_alphaadam
+            ), name
+    fused, adamw = _built([f"experiment={experiment}", "optimizer=adamw"])
+    assert fused is True and all(g["fused"] and not g["foreach"] for g in adamw.param_groups)
+    # Optimizers without a fused step are untouched; an explicit choice still wins.
+    assert "fused" not in compose_config([f"experiment={experiment}", "optimizer=lion"]).optimizer
+    fused, adamw = _built([f"experiment={experiment}", "optimizer=adamw", "optimizer.fused=false"])
+    assert fused is False and all(g["foreach"] and not g["fused"] for g in adamw.param_groups)
+
+
+def test_other_experiments_keep_each_optimizers_default_path():
+    fused, opt = _built(["experiment=gpt2_small", "optimizer=alphaadam", "trainer.device=cpu"])
+    assert fused is None and opt.param_groups[0]["fused"] is None
+    fused, adamw = _built(["experiment=gpt2_small", "optimizer=adamw"])
+    # On CPU parameters (this Linear) torch's AdamW runs foreach unless asked for fused.
+    assert fused is None and all(g["foreach"] and not g["fused"] for g in adamw.param_groups)
+    with pytest.raises(ValueError, match=r"fused='yes'.*None, True, False"):
+        _built(["optimizer=adamw", "optimizer.fused=yes"])

@@ -157,6 +157,22 @@ def test_auto_choice_on_cpu_is_the_reference_path():
     assert select_fused_impl("compile", None, params) is compiled_alphaadam
 
 
+def test_auto_choice_on_cuda_is_foreach_until_triton_passed_on_hardware(monkeypatch):
+    # Issue 12: the Triton kernels have only run in the interpreter, so fused=None must not
+    # pick them on CUDA. A stand-in for CUDA parameters: the choice reads is_cuda and dtype.
+    from types import SimpleNamespace
+
+    import alphaadam.optim.fused as fused
+
+    monkeypatch.setattr(fused, "triton_installed", lambda: True)
+    cuda_params = [SimpleNamespace(is_cuda=True, dtype=torch.float32, device="cuda:0")]
+    assert select_fused_impl(None, None, cuda_params) is None
+    if HAS_TRITON:
+        from alphaadam.optim.fused_triton import triton_alphaadam
+
+        assert select_fused_impl(True, None, cuda_params) is triton_alphaadam
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_triton_on_cpu_without_the_interpreter_says_how():
     if os.environ.get("TRITON_INTERPRET") == "1":

@@ -110,6 +110,57 @@ def test_multi_block_tensors_match_reference_and_ignore_thread_count(one_pass):
             assert torch.equal(value, opt_two.state[b][key]), key
 
 
+def _bytes_allocated_during_step(opt) -> int:
+    """Bytes that torch's CPU allocator handed out during one ``opt.step()``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        opt.step()
+    events = prof.profiler.kineto_results.events()
+    return sum(e.nbytes() for e in events if e.name() == "[memory]" and e.nbytes() > 0)
+
+
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one_pass"])
+def test_a_steady_step_allocates_nothing_large(one_pass):
+    # The masks of pass 1 live in a buffer the optimizer keeps (sized once): a steady step
+    # allocates only small per-tensor scalars, not a mask of the largest tensor (1 MB here).
+    params = make_params(torch.float32, shapes=[(1024, 1024), (300,), (7, 5)])
+    opt = AlphaAdam(params, lr=1e-2, weight_decay=0.1, fused="cpu", one_pass=one_pass)
+    for grads in grad_sequence(params, 3):
+        set_grads(params, grads)
+        opt.step()
+    assert _bytes_allocated_during_step(opt) < 16 * 1024
+    assert "cpu_mask" not in opt.state_dict()["state"][0]
+
+
+@pytest.mark.parametrize("one_pass", [False, True], ids=["exact", "one_pass"])
+def test_bucket_branch_matches_whole_tensors_and_allocates_nothing_large(one_pass, monkeypatch):
+    # The sharded path (pass 1 for all tensors, reduce the sums, pass 2 for all) with an
+    # identity reduction is the whole-tensor step; its masks are slices of the optimizer's
+    # buffer. (tests/test_sharded.py runs it with real shards and all_reduce.)
+    from alphaadam.optim import fused_cpu
+
+    params = make_params(torch.float32, shapes=[(1024, 1024), (300,), (7, 5), (0,)])
+    whole, bucketed = clone(params), clone(params)
+    opt_whole = AlphaAdam(whole, lr=1e-2, fused="cpu", one_pass=one_pass)
+    opt_bucketed = AlphaAdam(bucketed, lr=1e-2, fused="cpu", one_pass=one_pass)
+    real_step = fused_cpu.cpu_alphaadam
+
+    def bucket_step(*args, **kwargs):
+        return real_step(*args, **{**kwargs, "reduce_sums": lambda sums: sums})
+
+    for g in grad_sequence(params, 4):
+        set_grads(whole, g)
+        set_grads(bucketed, g)
+        opt_whole.step()
+        with monkeypatch.context() as patch:
+            patch.setattr(fused_cpu, "cpu_alphaadam", bucket_step)
+            opt_bucketed.step()
+    assert_same(whole, opt_whole, bucketed, opt_bucketed, torch.float32)
+    monkeypatch.setattr(fused_cpu, "cpu_alphaadam", bucket_step)
+    assert _bytes_allocated_during_step(opt_bucketed) < 16 * 1024
+
+
 def test_scheduled_tensor_lr_is_read_every_step():
     params = make_params(torch.float32)
     ref, fus = clone(params), clone(params)
@@ -141,6 +192,21 @@ def test_gradient_dtype_mismatch_is_refused():
     p.grad = torch.randn(5, dtype=torch.float64)
     with pytest.raises(RuntimeError, match=r"gradients in the parameter dtype.*Double.*Float"):
         AlphaAdam([p], fused="cpu").step()
+
+
+def test_the_kernel_is_loaded_when_the_optimizer_is_built(monkeypatch):
+    # A training run's clock starts after the optimizer is built: the build (or the load
+    # of the cached build) must not fall into the first step.
+    from alphaadam.optim import fused_cpu
+
+    calls = []
+    monkeypatch.setattr(fused_cpu, "load_extension", lambda: calls.append(1))
+    AlphaAdam(make_params(torch.float32)[:2], fused="cpu")
+    AlphaAdam(make_params(torch.float32)[:2], fused=True)
+    assert len(calls) == 2
+    AlphaAdam(make_params(torch.float32)[:2])
+    AlphaAdam(make_params(torch.float32)[:2], fused="compile")
+    assert len(calls) == 2
 
 
 def test_missing_compiler_says_what_is_needed(tmp_path):

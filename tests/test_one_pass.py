@@ -318,7 +318,7 @@ def test_checkpoint_mid_training_continues_bit_identically(foreach):
             resumed = AlphaAdam(resumed_params, **kw)
             resumed.load_state_dict(_roundtrip(opt))
             assert set(resumed.state[resumed_params[0]]) == {
-                "step", "exp_avg", "exp_avg_sq", "alpha", "mask_density", "step_scale"
+                "step", "exp_avg", "exp_avg_sq", "alpha", "mask_density", "reused_scale"
             }  # fmt: skip
         for i, p in enumerate(params):
             p.grad = grads[i][step].clone()
@@ -404,7 +404,7 @@ def test_one_pass_is_a_per_group_option():
         opt.step()
     torch.testing.assert_close(a.detach(), ref_a.theta, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(b.detach(), ref_b.theta, rtol=1e-10, atol=1e-12)
-    assert "step_scale" in opt.state[a] and "step_scale" not in opt.state[b]
+    assert "reused_scale" in opt.state[a] and "reused_scale" not in opt.state[b]
 
 
 def test_deepcopy_keeps_one_pass():
@@ -421,7 +421,9 @@ def test_registry_name_and_config_build_the_one_pass_alphaadam():
 
     cfg = compose_config(["optimizer=alphaadam_onepass"])
     opt_cfg = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    reference = OmegaConf.to_container(compose_config(["optimizer=alphaadam"]).optimizer)
+    reference = OmegaConf.to_container(
+        compose_config(["optimizer=alphaadam"]).optimizer, resolve=True
+    )
     assert {k: v for k, v in opt_cfg.items() if k != "name"} == {
         k: v for k, v in reference.items() if k != "name"
     }  # the alphaadam preset's settings, fused included

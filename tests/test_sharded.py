@@ -86,7 +86,7 @@ def _compare(model, opt, ref_model, ref_opt, label: str) -> None:
     for (name, p), rp in zip(model.named_parameters(), ref_model.parameters()):
         torch.testing.assert_close(_full(p.detach()), rp.detach(), msg=f"{label} param {name}")
         st, rst = opt.state[p], ref_opt.state[rp]
-        for key in ("exp_avg", "exp_avg_sq", "step", "alpha", "mask_density", "step_scale"):
+        for key in ("exp_avg", "exp_avg_sq", "step", "alpha", "mask_density", "reused_scale"):
             if key not in rst:
                 assert key not in st, key
                 continue

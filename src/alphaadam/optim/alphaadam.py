@@ -34,7 +34,8 @@ State per parameter (identical for the single-tensor and foreach paths, so a che
 moves between them): ``step`` (0-d float32), ``exp_avg`` and ``exp_avg_sq`` (float32 for
 fp16/bf16 parameters, else the parameter's dtype), and, when a mask is active, the last
 step's ``alpha`` and ``mask_density`` (0-d tensors, kept on the device; the density starts at
-0, no mask counted yet), and with ``one_pass`` the ``step_scale`` the last update applied.
+0, no mask counted yet), and with ``one_pass`` the ``reused_scale``: the previous step's
+multiplier the last update applied, 0 if it took the exact step.
 ``load_state_dict`` keeps this layout (torch's default would cast fp32 moments to a half parameter's dtype).
 """
 
@@ -103,22 +104,6 @@ def _bias_corrections(
     return bc1.to(dtype), bc2_sqrt.to(dtype)
 
 
-def _stats_by_device(
-    stats: list[tuple[Tensor | None, Tensor | None]], numels: list[int]
-) -> list[tuple[list[int], Tensor, Tensor, Tensor]]:
-    """Per device: the tensors' indices, their stacked alpha and density, and element counts."""
-    by_device: dict[torch.device, list[int]] = {}
-    for i, (alpha, _) in enumerate(stats):
-        by_device.setdefault(alpha.device, []).append(i)
-    out = []
-    for device, idx in by_device.items():
-        alphas = torch.stack([stats[i][0] for i in idx])
-        densities = torch.stack([stats[i][1] for i in idx])
-        counts = torch.tensor([numels[i] for i in idx], dtype=torch.float64)
-        out.append((idx, alphas, densities, counts.to(device, non_blocking=True)))
-    return out
-
-
 def _previous_step_scales(
     stats: list[tuple[Tensor | None, Tensor | None]], numels: list[int], rescale: bool
 ) -> list[Tensor]:
@@ -127,29 +112,20 @@ def _previous_step_scales(
     ``alpha_{t-1} * d / (nnz_{t-1} + 1)`` as a 0-d tensor on the tensor's device, and 0 where
     the statistics are unusable (no step yet, or an empty previous mask), which tells every
     path to take the exact step. Read from the stored alpha and density before the step
-    overwrites them; no host sync.
+    overwrites them, a few kernels per device for all tensors; no host sync.
     """
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (alpha, _) in enumerate(stats):
+        by_device.setdefault(alpha.device, []).append(i)
     previous: list[Tensor | None] = [None] * len(stats)
-    for idx, alphas, densities, counts in _stats_by_device(stats, numels):
-        for i, scale in zip(idx, step_scale(alphas, densities, counts, rescale).unbind(0)):
+    for device, idx in by_device.items():
+        alphas = torch.stack([stats[i][0] for i in idx])
+        densities = torch.stack([stats[i][1] for i in idx])
+        counts = torch.tensor([numels[i] for i in idx], dtype=torch.float64)
+        scales = step_scale(alphas, densities, counts.to(device, non_blocking=True), rescale)
+        for i, scale in zip(idx, scales.unbind(0)):
             previous[i] = scale
     return previous  # type: ignore[return-value]
-
-
-def _record_applied_scales(
-    stats: list[tuple[Tensor | None, Tensor | None]],
-    numels: list[int],
-    rescale: bool,
-    previous: list[Tensor],
-    applied_out: list[Tensor],
-) -> None:
-    """One-pass: store the multiplier each update applied: the previous step's where it was
-    usable, else (the exact step) this step's, rebuilt from the new alpha and density."""
-    for idx, alphas, densities, counts in _stats_by_device(stats, numels):
-        exact = step_scale(alphas, densities, counts, rescale)
-        prev = torch.stack([previous[i] for i in idx])
-        applied = torch.where(prev > 0, prev, exact)
-        torch._foreach_copy_([applied_out[i] for i in idx], list(applied.unbind(0)))
 
 
 class AlphaAdam(Optimizer):
@@ -171,10 +147,11 @@ class AlphaAdam(Optimizer):
             paper; see the module docstring), so the fused step is one pass (default False).
         foreach: use the multi-tensor path; ``None`` picks it for CUDA parameters.
         fused: the fused step (docs/fused.md): ``True`` picks Triton kernels for CUDA
-            parameters and a C++ step (built on first use) for CPU ones; ``"triton"``,
-            ``"cpu"`` or ``"compile"`` (``torch.compile``, any device) force one. ``None``
-            uses Triton where it runs natively (CUDA with triton installed, unless
-            ``foreach`` is set), else the foreach/single paths.
+            parameters and a C++ step (built when the optimizer is) for CPU ones;
+            ``"triton"``, ``"cpu"`` or ``"compile"`` (``torch.compile``, any device) force
+            one. ``None`` (default) runs the foreach/single-tensor paths: Triton becomes the
+            CUDA default only once it has passed ``benchmarks/gpu_check.sh`` on real
+            hardware (docs/fused.md).
     """
 
     def __init__(
@@ -224,6 +201,15 @@ class AlphaAdam(Optimizer):
             fused=fused,
         )
         super().__init__(params, defaults)
+        if any(
+            g["fused"] in (True, "cpu") and any(p.device.type == "cpu" for p in g["params"])
+            for g in self.param_groups
+        ):
+            # Built or loaded now, not in the first step(): a training run's clock starts
+            # after construction, and a missing compiler fails before any training.
+            from .fused_cpu import load_extension
+
+            load_extension()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         # Per-group overrides of the mask options are validated like the constructor's,
@@ -299,8 +285,8 @@ class AlphaAdam(Optimizer):
                 state["alpha"] = torch.ones((), dtype=dtype, device=p.device)
                 # No mask counted yet: a one-pass step takes the exact step (nnz_{t-1} = 0).
                 state["mask_density"] = torch.zeros((), dtype=dtype, device=p.device)
-            if group["mask"] != "none" and group["one_pass"] and "step_scale" not in state:
-                state["step_scale"] = torch.zeros_like(state["alpha"])
+            if group["mask"] != "none" and group["one_pass"] and "reused_scale" not in state:
+                state["reused_scale"] = torch.zeros_like(state["alpha"])
             params.append(p)
             grads.append(p.grad)
             exp_avgs.append(state["exp_avg"])
@@ -348,6 +334,7 @@ class AlphaAdam(Optimizer):
                     numels=b.numels,
                     reduce_sums=b.reduce_sums,
                     previous_scales=None if previous is None else [previous[i] for i in b.indices],
+                    workspace=self._workspace(),
                     cfg=cfg,
                     lr=group["lr"],
                     beta1=beta1,
@@ -358,9 +345,14 @@ class AlphaAdam(Optimizer):
                     maximize=group["maximize"],
                 )
             if previous is not None:
-                applied = [self.state[p]["step_scale"] for p in params]
-                _record_applied_scales(stats, numels, cfg.rescale, previous, applied)
+                reused = [self.state[p]["reused_scale"] for p in params]
+                torch._foreach_copy_(reused, previous)
         return loss
+
+    def _workspace(self) -> dict[str, Tensor]:
+        # Scratch buffers reused by every step (the fused C++ step's masks). Not state: not
+        # in state_dict, and a copy or unpickled optimizer starts with none.
+        return self.__dict__.setdefault("_step_workspace", {})
 
     # ------------------------------------------------------------ diagnostics
     def mask_statistics(
@@ -393,12 +385,12 @@ class AlphaAdam(Optimizer):
             for p in group["params"]:
                 state = self.state.get(p, {})
                 if "alpha" in state and p in names:
-                    if group.get("one_pass") and "step_scale" in state:  # AlphaLion/SGD: none
-                        applied = state["step_scale"]
-                    else:
-                        applied = step_scale(
-                            state["alpha"], state["mask_density"], p.numel(), group["rescale"]
-                        )
+                    applied = step_scale(
+                        state["alpha"], state["mask_density"], p.numel(), group["rescale"]
+                    )
+                    reused = state.get("reused_scale")  # one-pass groups only
+                    if group.get("one_pass") and reused is not None:
+                        applied = torch.where(reused > 0, reused.to(applied.dtype), applied)
                     out[names[p]] = {
                         "alpha": state["alpha"],
                         "mask_density": state["mask_density"],
@@ -469,13 +461,15 @@ def _single_tensor_alphaadam(
     numels: list[int] | None = None,
     reduce_sums: ReduceSums | None = None,
     previous_scales: list[Tensor] | None = None,
+    workspace: dict[str, Tensor] | None = None,
 ) -> None:
     """One parameter tensor at a time.
 
     ``numels``/``reduce_sums``: whole-tensor element counts and the sum over shards (FSDP2,
     ``sharding.py``). ``previous_scales`` (``one_pass``): per tensor, the previous step's
     multiplier to apply instead of this step's, or 0 for the exact step; this path computes
-    both and selects on the device.
+    both and selects on the device. ``workspace``: scratch buffers the optimizer keeps
+    across steps (used by the fused C++ step; not needed here).
     """
     if numels is None:
         numels = [p.numel() for p in params]
@@ -585,6 +579,7 @@ def _multi_tensor_alphaadam(
     numels: list[int] | None = None,
     reduce_sums: ReduceSums | None = None,
     previous_scales: list[Tensor] | None = None,
+    workspace: dict[str, Tensor] | None = None,
 ) -> None:
     """The single-tensor path's math with foreach kernels (same arguments)."""
     alphas_out = [a for a, _ in stats]

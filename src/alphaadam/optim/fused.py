@@ -50,23 +50,14 @@ def triton_installed() -> bool:
 def select_fused_impl(fused: bool | str | None, foreach: bool | None, params: list[Tensor]):
     """The fused implementation a param group uses, or ``None`` for the reference paths.
 
-    ``None`` chooses Triton only where it runs natively: CUDA parameters of a supported dtype
-    with triton installed, and no explicit ``foreach``. It does not choose a fused CPU step:
-    the C++ one is built on first use (~20 s, and it needs a compiler) and the compiled one
-    compiles for tens of seconds (docs/fused.md), which a user asking for nothing should
-    neither wait for nor see fail. ``True`` means Triton on CUDA and C++ on CPU.
+    ``None`` chooses no fused step: the foreach path on CUDA, the single-tensor path on CPU.
+    The Triton kernels have only run under the Triton interpreter; they become the CUDA
+    default once ``benchmarks/gpu_check.sh`` has passed on real hardware (docs/fused.md).
+    The fused CPU steps need a build (C++, and a compiler) or a compilation (tens of seconds,
+    docs/fused.md), which a user asking for nothing should neither wait for nor see fail.
+    ``True`` means Triton on CUDA and C++ on CPU.
     """
-    if fused is None:
-        if (
-            foreach is None
-            and triton_installed()
-            and all(p.is_cuda and p.dtype in TRITON_PARAM_DTYPES for p in params)
-        ):
-            from .fused_triton import triton_alphaadam
-
-            return triton_alphaadam
-        return None
-    if fused is False:
+    if fused is None or fused is False:
         return None
     kind = fused
     if fused is True:

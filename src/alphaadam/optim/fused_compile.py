@@ -335,6 +335,7 @@ def compiled_alphaadam(
     numels: list[int] | None = None,
     reduce_sums: ReduceSums | None = None,
     previous_scales: list[Tensor] | None = None,
+    workspace: dict[str, Tensor] | None = None,
 ) -> None:
     """Same signature and results as ``alphaadam._single_tensor_alphaadam``."""
     if numels is None:

@@ -92,7 +92,14 @@ def load_extension() -> ModuleType:
 
 
 _NO_PREVIOUS = torch.empty(0, dtype=torch.float64)  # every tensor takes the exact step
-_NO_MASK = torch.empty(0, dtype=torch.uint8)
+
+
+def _mask_buffer(workspace: dict[str, Tensor], numel: int) -> Tensor:
+    """At least ``numel`` bytes of ``workspace["cpu_mask"]``, grown (never shrunk) on demand."""
+    buffer = workspace.get("cpu_mask")
+    if buffer is None or buffer.numel() < numel:
+        buffer = workspace["cpu_mask"] = torch.empty(numel, dtype=torch.uint8)
+    return buffer
 
 
 def _lr_value(lr: float | Tensor) -> float:
@@ -119,8 +126,15 @@ def cpu_alphaadam(
     numels: list[int] | None = None,
     reduce_sums: ReduceSums | None = None,
     previous_scales: list[Tensor] | None = None,
+    workspace: dict[str, Tensor] | None = None,
 ) -> None:
-    """Same signature and results as ``alphaadam._single_tensor_alphaadam``."""
+    """Same signature and results as ``alphaadam._single_tensor_alphaadam``.
+
+    ``workspace``: the optimizer's scratch buffers, kept across steps; the masks of pass 1
+    live in ``workspace["cpu_mask"]``, sized once to the largest need, so a steady-state
+    step allocates nothing large (a fresh 37 MB mask for GPT-2's embedding every step cost
+    page faults and made the step time bimodal).
+    """
     ext = load_extension()
     lr_value = _lr_value(lr)
     alphas = [a for a, _ in stats] if cfg.active else []
@@ -131,21 +145,24 @@ def cpu_alphaadam(
     previous = _NO_PREVIOUS
     if previous_scales is not None and cfg.active:
         previous = torch.stack(previous_scales).to(torch.float64)
+    if workspace is None:
+        workspace = {}
     if reduce_sums is None or not cfg.active:
-        # Whole tensors (or mask="none", which needs no sums): one call for everything.
+        # Whole tensors (or mask="none", which needs no sums): one call for everything; the
+        # tensors' masks take turns in one buffer.
+        largest = max((g.numel() for g in grads), default=0) if cfg.active else 0
         ext.step(
             params, grads, exp_avgs, exp_avg_sqs, steps, alphas, densities, previous,
-            lr_value, beta1, beta2, eps, weight_decay, bias_correction, maximize,
-            mask_kind, alpha_kind, float(cfg.alpha_max), cfg.rescale,
+            _mask_buffer(workspace, largest), lr_value, beta1, beta2, eps, weight_decay,
+            bias_correction, maximize, mask_kind, alpha_kind, float(cfg.alpha_max), cfg.rescale,
         )  # fmt: skip
         return
     # Local shards: pass 1 for all, one all_reduce of the [n, 3] sums, pass 2 for all (for the
-    # tensors that took a one-pass update in pass 1, only their alpha and density).
+    # tensors that took a one-pass update in pass 1, only their alpha and density). Every
+    # mask is alive between the passes: consecutive slices of one buffer.
     reuses = previous.gt(0).tolist() if previous.numel() else [False] * len(grads)
-    masks = [
-        _NO_MASK if reuse else torch.empty(g.numel(), dtype=torch.uint8)
-        for g, reuse in zip(grads, reuses)
-    ]
+    sizes = [0 if reuse else g.numel() for g, reuse in zip(grads, reuses)]
+    masks = list(_mask_buffer(workspace, sum(sizes)).narrow(0, 0, sum(sizes)).split(sizes))
     sums = ext.moments_and_sums(
         params, grads, exp_avgs, exp_avg_sqs, steps, masks, previous,
         lr_value, beta1, beta2, eps, weight_decay, bias_correction, maximize, mask_kind,

@@ -277,6 +277,7 @@ def triton_alphaadam(
     numels: list[int] | None = None,
     reduce_sums: ReduceSums | None = None,
     previous_scales: list[Tensor] | None = None,
+    workspace: dict[str, Tensor] | None = None,
 ) -> None:
     """Same signature and results as ``alphaadam._single_tensor_alphaadam``."""
     if numels is None:

@@ -95,15 +95,23 @@ def _alphaadam_one_pass(model: nn.Module, **cfg: Any) -> Optimizer:
 
 @register_optimizer("adamw")
 def _torch_adamw(model: nn.Module, **cfg: Any) -> Optimizer:
-    """torch.optim.AdamW, fused on CUDA, foreach elsewhere."""
+    """torch.optim.AdamW: ``fused=None`` is fused on CUDA and foreach elsewhere (unless
+    ``foreach`` is given), ``True`` the fused step on any device (torch has one for CPU too),
+    ``False`` foreach."""
     groups = _split_decay(model, cfg)
     if "betas" in cfg:
         cfg["betas"] = tuple(cfg["betas"])
-    if cfg.get("fused") is None and cfg.get("foreach") is None:
+    fused = cfg.pop("fused", None)
+    if fused not in (None, True, False):
+        raise ValueError(f"Invalid fused={fused!r} for adamw; valid choices are None, True, False")
+    if fused is None and cfg.get("foreach") is None:
         # torch's fastest exact step where it has one; foreach on CPU unless fused is asked for
-        # (the CPU fused step exists since torch 2.4; CPU experiment configs ask for it).
-        on_cuda = all(p.is_cuda for g in groups for p in g["params"])
-        cfg["fused" if on_cuda else "foreach"] = True
+        # (the CPU fused step exists since torch 2.4; the CPU experiments ask for it).
+        fused = all(p.is_cuda for g in groups for p in g["params"])
+    if fused:
+        cfg["fused"] = True
+    elif cfg.get("foreach") is None:
+        cfg["foreach"] = True
     return torch.optim.AdamW(groups, **cfg)
 
 

@@ -103,6 +103,15 @@ def local_buckets(
     Bucket order follows first appearance in ``params``, which is the same on every rank
     (FSDP2 gives every rank every parameter), so the collectives line up.
     """
+    if not any(is_dtensor(p) for p in params):
+        # Nothing sharded (the common case): one bucket of the lists as they are, without
+        # the per-tensor checks below, which cost more than a small model's whole step.
+        return [
+            LocalBucket(
+                params, grads, exp_avgs, exp_avg_sqs, steps, stats,
+                numels=[p.numel() for p in params], indices=list(range(len(params))),
+            )
+        ]  # fmt: skip
     buckets: dict[object, LocalBucket] = {}
     for i, (p, g, m, v, s, st) in enumerate(
         zip(params, grads, exp_avgs, exp_avg_sqs, steps, stats)

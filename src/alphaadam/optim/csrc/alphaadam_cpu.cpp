@@ -340,11 +340,14 @@ const double* previous_multipliers(const at::Tensor& previous_scales, size_t n) 
 
 // The whole step for unsharded tensors: each tensor's pass 1, coefficients and pass 2 in turn.
 // alphas/densities are the 0-d state tensors to receive alpha and the mask density (empty
-// lists for mask="none"); previous_scales: see previous_multipliers.
+// lists for mask="none"); previous_scales: see previous_multipliers. mask_workspace: a uint8
+// buffer of at least the largest masked tensor's size, owned by the optimizer and reused
+// every step (the step allocates nothing large).
 void step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
           const std::vector<at::Tensor>& exp_avgs, const std::vector<at::Tensor>& exp_avg_sqs,
           const std::vector<at::Tensor>& steps, const std::vector<at::Tensor>& alphas,
-          const std::vector<at::Tensor>& densities, const at::Tensor& previous_scales, double lr,
+          const std::vector<at::Tensor>& densities, const at::Tensor& previous_scales,
+          const at::Tensor& mask_workspace, double lr,
           double beta1, double beta2, double eps, double weight_decay, bool bias_correction,
           bool maximize, int64_t mask, int64_t alpha, double alpha_max, bool rescale) {
   check_lists(params, grads, exp_avgs, exp_avg_sqs, steps);
@@ -354,7 +357,9 @@ void step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& 
                                       densities.size() == params.size()),
               "a masked step needs one alpha and one mask_density tensor per parameter");
   const double* previous = previous_multipliers(previous_scales, params.size());
-  at::Tensor mask_buffer;
+  TORCH_CHECK(mask_workspace.scalar_type() == at::kByte && mask_workspace.is_contiguous() &&
+                  mask_workspace.device().is_cpu(),
+              "mask_workspace must be a contiguous CPU uint8 tensor");
   for (size_t i = 0; i < params.size(); ++i) {
     const double t = increment_step(steps[i]);
     const int64_t n = params[i].numel();
@@ -378,10 +383,9 @@ void step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& 
         write_scalar(densities[i], k[3]);
         return;
       }
-      if (!mask_buffer.defined() || mask_buffer.numel() < n) {
-        mask_buffer = at::empty({n}, at::TensorOptions().dtype(at::kByte));
-      }
-      const at::Tensor tensor_mask = mask_buffer.narrow(0, 0, n);
+      TORCH_CHECK(mask_workspace.numel() >= n, "mask_workspace holds ", mask_workspace.numel(),
+                  " bytes; params[", i, "] needs ", n);
+      const at::Tensor tensor_mask = mask_workspace.narrow(0, 0, n);
       if (n > 0) {
         tensor_pass1<P, S, false>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], tensor_mask, c,
                                   h, S(0), S(0), sums);
