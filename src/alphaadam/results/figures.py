@@ -313,6 +313,7 @@ def figure_step_scale(
         ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":", label="1 = the lr as given")
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
+        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_log_label))
         ax.set_xlabel("training step")
         ax.set_ylabel("lr multiplier alpha * d / (nnz + 1)")
         ax.set_title(panel)
@@ -323,7 +324,9 @@ def figure_step_scale(
         report.skipped.append(f"{name}: no masked run logged step_scale")
         return
     fig.suptitle(
-        f"{title}: effective step of the masked methods (line: mean over tensors, band: min-max)"
+        f"{title}\neffective step of the masked methods: line = mean over tensors, "
+        "band = min-max over tensors",
+        fontsize=10,
     )
     fig.tight_layout()
     _save(fig, out_dir, name, report)
