@@ -250,13 +250,12 @@ def _completed_runs(studies: list[Study]) -> tuple[int, int]:
 
 
 def ready_jobs(studies: list[Study]) -> list[Job]:
-    """Jobs that can start now, in study order (grids before seeds within a table)."""
-    ready: list[Job] = []
-    for study in studies:
-        states = [group_state(study, m, t) for m, t in study.groups()]
-        ready += [j for s in states for j in s.waiting if j.stage == "grid"]
-        ready += [j for s in states for j in s.waiting if j.stage == "seeds"]
-    return ready
+    """Jobs that can start now: every table's grid runs (in study order) before any extra
+    seed, so that every table has a first filled row as early as possible."""
+    states = [group_state(st, m, t) for st in studies for m, t in st.groups()]
+    grid = [j for s in states for j in s.waiting if j.stage == "grid"]
+    seeds = [j for s in states for j in s.waiting if j.stage == "seeds"]
+    return grid + seeds
 
 
 def describe_plan(studies: list[Study], jobs: int) -> str:
