@@ -20,6 +20,7 @@ def _study(root: Path, lrs: str, *extra: str) -> Study:
             f"study.root={root}",
             "~study.methods",
             f"+study.methods={{adamw:{{lrs:{lrs},overrides:[]}}}}",
+            "study.refine=false",
             *extra,
         ],
     )
@@ -148,3 +149,25 @@ def test_cli_dry_run_prints_the_plan(tmp_path: Path):
         check=True,
     ).stdout
     assert "reduced_table3: 5 methods" in out and "Estimated wall time" in out
+
+
+def test_refine_adds_the_midpoints_around_the_chosen_lr_then_chooses_again(tmp_path: Path):
+    study = _study(
+        tmp_path,
+        "[0.001,0.004,0.016]",
+        "study.seeds=[1,2]",
+        "study.max_widenings=0",
+        "study.refine=true",
+    )
+    for lr, loss in ((0.001, 3.0), (0.004, 2.0), (0.016, 2.5)):
+        _complete(study.run_dir("adamw", None, lr, 1), loss)
+    state = group_state(study, "adamw", None)
+    # sqrt(0.004 * 0.001) = 0.002 and sqrt(0.004 * 0.016) = 0.008, by hand.
+    assert not state.grid_final and state.grid == [0.001, 0.002, 0.004, 0.008, 0.016]
+    assert sorted(j.lr for j in state.waiting) == [0.002, 0.008]
+    _complete(study.run_dir("adamw", None, 0.002, 1), 2.2)
+    _complete(study.run_dir("adamw", None, 0.008, 1), 1.9)
+    # 0.008 wins now; no second refinement; seed 2 runs there.
+    state = group_state(study, "adamw", None)
+    assert state.grid_final and state.choice.lr == 0.008
+    assert [(j.lr, j.seed) for j in state.waiting] == [(0.008, 2)]

@@ -6,7 +6,9 @@ runs in two stages per method (and per GLUE task):
 
 1. **grid**: every lr of the method's grid at ``grid_seed``. When the chosen lr lies at an
    edge of the grid, the grid is widened by one lr beyond that edge (``widen_factor``), up to
-   ``max_widenings`` times, so that the chosen lr is inside the range that was tried.
+   ``max_widenings`` times, so that the chosen lr is inside the range that was tried. With
+   ``refine: true``, the geometric midpoints between the chosen lr and its grid neighbours are
+   run too, and the lr chosen again.
 2. **seeds**: every seed of ``seeds`` at the chosen lr.
 
 The lr is chosen by :func:`alphaadam.results.selection.choose_lr`, the rule ``make tables``
@@ -55,6 +57,14 @@ def widened(lr: float, factor: float, edge: str) -> float:
     """The next lr beyond ``edge`` of a grid, rounded to 3 significant digits."""
     value = lr / factor if edge == "low" else lr * factor
     return float(f"{value:.3g}")
+
+
+def refined(grid: list[float], lr: float) -> list[float]:
+    """The geometric midpoints between ``lr`` and its neighbours in ``grid`` (3 digits)."""
+    ordered = sorted(grid)
+    i = ordered.index(lr)
+    neighbours = ordered[max(i - 1, 0) : i] + ordered[i + 1 : i + 2]
+    return [float(f"{math.sqrt(lr * n):.3g}") for n in neighbours]
 
 
 @dataclass(frozen=True)
@@ -179,6 +189,7 @@ class GroupState:
     task: str | None
     grid: list[float]
     widenings: int = 0
+    refined: bool = False
     choice: LrChoice | None = None
     grid_final: bool = False
     jobs: list[Job] = field(default_factory=list)  # every job known so far
@@ -209,6 +220,15 @@ def group_state(study: Study, method: str, task: str | None) -> GroupState:
             state.grid.sort()
             state.widenings += 1
             continue
+        if choice is not None and spec.get("refine", False) and not state.refined:
+            # One finer level around the chosen lr: the geometric midpoints to its grid
+            # neighbours, so a coarse (x2) grid cannot decide a comparison by where its
+            # points happen to fall relative to each method's optimum.
+            state.refined = True
+            added = [lr for lr in refined(state.grid, choice.lr) if lr not in state.grid]
+            if added:
+                state.grid = sorted(state.grid + added)
+                continue
         state.grid_final = True
         seed_jobs = []
         if choice is not None:
