@@ -181,3 +181,21 @@ def test_format_lr_keeps_the_digits_an_lr_has():
         "2.5e-4",
         "1e0",
     ]
+
+
+def test_write_tables_writes_each_part_on_its_own_too(reduced_glue_root: Path, tmp_path: Path):
+    from alphaadam.results.tables import write_tables
+
+    table = build_table1(
+        load_runs(reduced_glue_root), load_paper(PAPER), experiment="reduced_table1"
+    )
+    out = tmp_path / "tables"
+    write_tables([table], out)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        f"reduced_table1{part}.{ext}" for part in ("", "_grid", "_paired") for ext in ("md", "tex")
+    ]
+    # The part on its own is the section of the whole table's file.
+    whole = (out / "reduced_table1.md").read_text()
+    paired = (out / "reduced_table1_paired.md").read_text().replace("### ", "#### ", 1)
+    assert paired in whole

@@ -908,10 +908,12 @@ def build_all(runs: RunSet, paper: dict[str, Any], **options: Any) -> list[Table
 
 
 def write_tables(tables: list[Table], out_dir: str | Path) -> list[Path]:
+    """Each table to ``<name>.md``/``.tex`` (with its parts under it), and each part again on
+    its own (``<name>_paired``, ``<name>_grid``) for documents that show only some."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for table in tables:
+    for table in [*tables, *(part for t in tables for part in t.parts)]:
         for suffix, text in ((".md", table.to_markdown()), (".tex", table.to_latex())):
             path = out_dir / f"{table.name}{suffix}"
             tmp = path.with_suffix(suffix + ".tmp")
