@@ -344,7 +344,7 @@ def test_adamw_preset_matches_torch_adamw(case, foreach, torch_foreach):
 def test_foreach_cpu_chunks_match_algorithm1(chunk, monkeypatch):
     # The CPU foreach path runs over runs of about CPU_CHUNK_NUMEL elements; tiny chunks
     # make tensors both above and below the chunk size share and split runs.
-    import alphaadam.optim.alphaadam as module
+    import alphaadam.optim.reference_paths as module
 
     monkeypatch.setattr(module, "CPU_CHUNK_NUMEL", chunk)
     run_against_reference(Hyper(lr=1e-2, weight_decay=0.1), foreach=True)

@@ -39,15 +39,16 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .alphaadam import AlphaAdam
+from .masked_optimizer import MaskedOptimizer, check_betas, check_lr, check_nonnegative
 from .masking import (
     MaskConfig,
+    add_scaled_,
     agreement_mask,
+    foreach_add_scaled_,
     foreach_agreement_masks,
     foreach_mask_and_compensate,
     mask_and_compensate,
 )
-from .sharding import is_dtensor
 
 __all__ = ["AlphaLion", "LION_PRESETS"]
 
@@ -57,52 +58,7 @@ LION_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def check_lr(lr: float | Tensor) -> None:
-    if isinstance(lr, Tensor):
-        if lr.numel() != 1:
-            raise ValueError(f"Invalid lr: a tensor lr must have one element, got {lr.shape}")
-    elif not 0.0 <= lr:
-        raise ValueError(f"Invalid learning rate: {lr} (must be >= 0)")
-
-
-def add_scaled_(param: Tensor, update: Tensor, scale: float | Tensor) -> None:
-    """``param += scale * update`` with torch's own rounding for float scales (bitwise equal
-    to torch.optim), and a tensor product for tensor learning rates."""
-    if isinstance(scale, Tensor):
-        param.add_(update * scale)
-    else:
-        param.add_(update, alpha=scale)
-
-
-def foreach_add_scaled_(params: list[Tensor], updates: list[Tensor], scale) -> None:
-    """:func:`add_scaled_` for lists of tensors."""
-    if isinstance(scale, Tensor):
-        torch._foreach_add_(params, torch._foreach_mul(updates, scale.to(params[0].device)))
-    else:
-        torch._foreach_add_(params, updates, alpha=scale)
-
-
-def check_not_sharded(name: str, p: Tensor, cfg: MaskConfig) -> None:
-    # alpha and the rescale are whole-tensor quantities; on FSDP2 shards they would need the
-    # cross-shard sums AlphaAdam does (sharding.py), which these optimizers do not implement.
-    if cfg.active and is_dtensor(p):
-        raise RuntimeError(
-            f"{name} with mask={cfg.mask!r} does not support sharded (DTensor / FSDP2) "
-            "parameters; use it with DDP or a single device, or use AlphaAdam"
-        )
-
-
-def check_real_dense(name: str, p: Tensor) -> None:
-    if p.grad.is_sparse:
-        raise RuntimeError(f"{name} does not support sparse gradients")
-    if torch.is_complex(p):
-        raise RuntimeError(
-            f"{name} does not support complex parameters: the sign-agreement mask is "
-            "undefined for complex numbers (use torch.view_as_real)"
-        )
-
-
-class AlphaLion(Optimizer):
+class AlphaLion(MaskedOptimizer):
     """Lion with AlphaAdam's mask and dynamic alpha (``mask="none"`` is plain Lion).
 
     Args:
@@ -130,10 +86,8 @@ class AlphaLion(Optimizer):
         foreach: bool | None = None,
     ) -> None:
         check_lr(lr)
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"Invalid betas: {betas} (two values in [0, 1) expected)")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay: {weight_decay} (must be >= 0)")
+        check_betas(betas)
+        check_nonnegative("weight_decay", weight_decay)
         MaskConfig(mask, alpha, alpha_max, rescale)
         defaults = dict(
             lr=lr,
@@ -150,54 +104,45 @@ class AlphaLion(Optimizer):
         for group in self.param_groups:
             MaskConfig.from_group(group)
 
-    # The diagnostics read only state["alpha"] / state["mask_density"]; share AlphaAdam's.
-    mask_statistics = AlphaAdam.mask_statistics
-    read_mask_statistics = AlphaAdam.read_mask_statistics
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            cfg = MaskConfig.from_group(group)
-            params, grads, exp_avgs, stats = [], [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                check_real_dense("AlphaLion", p)
-                check_not_sharded("AlphaLion", p, cfg)
-                state = self.state[p]
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if cfg.active and "alpha" not in state:
-                    state["alpha"] = torch.ones((), dtype=p.dtype, device=p.device)
-                    state["mask_density"] = torch.ones((), dtype=p.dtype, device=p.device)
-                params.append(p)
-                grads.append(p.grad)
-                exp_avgs.append(state["exp_avg"])
-                stats.append((state.get("alpha"), state.get("mask_density")))
-            if not params:
+    def _init_group(self, group, cfg: MaskConfig):
+        """The parameters with gradients, their gradients, momenta and ``(alpha,
+        mask_density)`` state; creates the state of a parameter's first step."""
+        params, grads, exp_avgs, stats = [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
                 continue
-            foreach = group.get("foreach")
-            if foreach is None:
-                foreach = all(p.is_cuda for p in params)
-            impl = _multi_tensor_alphalion if foreach else _single_tensor_alphalion
-            beta1, beta2 = group["betas"]
-            impl(
-                params,
-                grads,
-                exp_avgs,
-                stats,
-                cfg=cfg,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                weight_decay=group["weight_decay"],
-                maximize=group["maximize"],
-            )
-        return loss
+            self._check_param(p, whole_tensor_mask=cfg)
+            state = self.state[p]
+            if "exp_avg" not in state:
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if cfg.active:
+                self._init_mask_state(state, p.dtype, p.device, density=1.0)
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+            stats.append((state.get("alpha"), state.get("mask_density")))
+        return params, grads, exp_avgs, stats
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        cfg = MaskConfig.from_group(group)
+        params, grads, exp_avgs, stats = self._init_group(group, cfg)
+        if not params:
+            return
+        foreach = self._use_foreach(group.get("foreach"), params)
+        impl = _multi_tensor_alphalion if foreach else _single_tensor_alphalion
+        beta1, beta2 = group["betas"]
+        impl(
+            params,
+            grads,
+            exp_avgs,
+            stats,
+            cfg=cfg,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+        )
 
 
 def _single_tensor_alphalion(

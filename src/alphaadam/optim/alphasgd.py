@@ -33,17 +33,12 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .alphaadam import AlphaAdam
-from .alphalion import (
-    add_scaled_,
-    check_lr,
-    check_not_sharded,
-    check_real_dense,
-    foreach_add_scaled_,
-)
+from .masked_optimizer import MaskedOptimizer, check_lr, check_nonnegative
 from .masking import (
     MaskConfig,
+    add_scaled_,
     agreement_mask,
+    foreach_add_scaled_,
     foreach_agreement_masks,
     foreach_mask_and_compensate,
     mask_and_compensate,
@@ -56,7 +51,7 @@ SGD_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class AlphaSGD(Optimizer):
+class AlphaSGD(MaskedOptimizer):
     """SGD with momentum and AlphaAdam's mask and dynamic alpha.
 
     Args:
@@ -90,8 +85,7 @@ class AlphaSGD(Optimizer):
         check_lr(lr)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"Invalid momentum: {momentum} (must be in [0, 1))")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay: {weight_decay} (must be >= 0)")
+        check_nonnegative("weight_decay", weight_decay)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError(
                 f"Nesterov momentum requires momentum > 0 and dampening == 0 "
@@ -121,60 +115,52 @@ class AlphaSGD(Optimizer):
             if MaskConfig.from_group(group).active and group["momentum"] == 0:
                 raise ValueError("a param group with a mask needs momentum > 0")
 
-    mask_statistics = AlphaAdam.mask_statistics
-    read_mask_statistics = AlphaAdam.read_mask_statistics
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            cfg = MaskConfig.from_group(group)
-            params, grads, bufs, fresh, stats = [], [], [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                check_real_dense("AlphaSGD", p)
-                check_not_sharded("AlphaSGD", p, cfg)
-                state = self.state[p]
-                if cfg.active and "alpha" not in state:
-                    state["alpha"] = torch.ones((), dtype=p.dtype, device=p.device)
-                    state["mask_density"] = torch.ones((), dtype=p.dtype, device=p.device)
-                buf = state.get("momentum_buffer")
-                # A zero buffer before step 1 is b_0 = 0 for the mask; the step itself then
-                # sets b_1 = g_1 (torch's first step, without dampening).
-                fresh.append(buf is None)
-                if buf is None and group["momentum"] != 0:
-                    buf = state["momentum_buffer"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
-                params.append(p)
-                grads.append(p.grad)
-                bufs.append(buf)
-                stats.append((state.get("alpha"), state.get("mask_density")))
-            if not params:
+    def _init_group(self, group, cfg: MaskConfig):
+        """The parameters with gradients, their gradients, momentum buffers (``None``
+        without momentum), whether each buffer is new, and ``(alpha, mask_density)``."""
+        params, grads, bufs, fresh, stats = [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
                 continue
-            foreach = group.get("foreach")
-            if foreach is None:
-                foreach = all(p.is_cuda for p in params)
-            impl = _multi_tensor_alphasgd if foreach else _single_tensor_alphasgd
-            impl(
-                params,
-                grads,
-                bufs,
-                fresh,
-                stats,
-                cfg=cfg,
-                lr=group["lr"],
-                momentum=group["momentum"],
-                dampening=group["dampening"],
-                weight_decay=group["weight_decay"],
-                nesterov=group["nesterov"],
-                maximize=group["maximize"],
-            )
-        return loss
+            self._check_param(p, whole_tensor_mask=cfg)
+            state = self.state[p]
+            if cfg.active:
+                self._init_mask_state(state, p.dtype, p.device, density=1.0)
+            buf = state.get("momentum_buffer")
+            # A zero buffer before step 1 is b_0 = 0 for the mask; the step itself then
+            # sets b_1 = g_1 (torch's first step, without dampening).
+            fresh.append(buf is None)
+            if buf is None and group["momentum"] != 0:
+                buf = state["momentum_buffer"] = torch.zeros_like(
+                    p, memory_format=torch.preserve_format
+                )
+            params.append(p)
+            grads.append(p.grad)
+            bufs.append(buf)
+            stats.append((state.get("alpha"), state.get("mask_density")))
+        return params, grads, bufs, fresh, stats
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        cfg = MaskConfig.from_group(group)
+        params, grads, bufs, fresh, stats = self._init_group(group, cfg)
+        if not params:
+            return
+        foreach = self._use_foreach(group.get("foreach"), params)
+        impl = _multi_tensor_alphasgd if foreach else _single_tensor_alphasgd
+        impl(
+            params,
+            grads,
+            bufs,
+            fresh,
+            stats,
+            cfg=cfg,
+            lr=group["lr"],
+            momentum=group["momentum"],
+            dampening=group["dampening"],
+            weight_decay=group["weight_decay"],
+            nesterov=group["nesterov"],
+            maximize=group["maximize"],
+        )
 
 
 def _single_tensor_alphasgd(

@@ -9,8 +9,9 @@ a missing one never breaks ``import alphaadam``; requesting its optimizer raises
 ==============  ============================================================================
 name            source
 ==============  ============================================================================
-cadamw          Cautious AdamW = AlphaAdam's ``adamw_sm`` preset (tested against the rule of
-                Liang et al. 2024 and pytorch-optimizer's ``apply_cautious``)
+cadamw          Cautious AdamW = AlphaAdam's ``adamw_sm`` preset, registered in
+                ``alphaadam_factories.py`` (tested against the rule of Liang et al. 2024 and
+                pytorch-optimizer's ``apply_cautious``)
 adam_mini       ``adam_mini.Adam_mini`` (PyPI ``adam-mini``)
 galore          ``galore_torch.GaLoreAdamW`` (PyPI ``galore-torch``), state made serialisable
 adam8bit        ``bitsandbytes.optim.AdamW8bit`` (CPU and CUDA with bitsandbytes >= 0.48)
@@ -35,7 +36,7 @@ from torch.optim import Optimizer
 
 from .alphalion import LION_PRESETS, AlphaLion
 from .alphasgd import SGD_PRESETS, AlphaSGD
-from .registry import _make_preset_factory, _split_decay, param_groups, register_optimizer
+from .factory_base import param_groups, register_optimizer, split_decay
 from .sharding import is_dtensor
 
 BASELINES_HINT = 'pip install "alphaadam[baselines]"'
@@ -71,15 +72,6 @@ def _trainable_named(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
-def _betas(cfg: dict[str, Any]) -> None:
-    if "betas" in cfg:
-        cfg["betas"] = tuple(cfg["betas"])
-
-
-# ------------------------------------------------------------------------------ cadamw
-register_optimizer("cadamw")(_make_preset_factory("adamw_sm"))
-
-
 # ----------------------------------------------------------------------- AlphaLion/SGD
 def _make_momentum_factory(name: str, cls: type[Optimizer], fixed: dict[str, Any], alt: str):
     def factory(model: nn.Module, **cfg: Any) -> Optimizer:
@@ -88,9 +80,7 @@ def _make_momentum_factory(name: str, cls: type[Optimizer], fixed: dict[str, Any
             raise ValueError(
                 f"optimizer {name!r} fixes {sorted(clash)} ({fixed}); use {alt!r} to set them"
             )
-        groups = _split_decay(model, cfg)
-        _betas(cfg)
-        return cls(groups, **fixed, **cfg)
+        return cls(split_decay(model, cfg), **fixed, **cfg)
 
     return factory
 
@@ -103,22 +93,19 @@ register_optimizer("lion")(
 @register_optimizer("alphalion")
 def _alphalion(model: nn.Module, **cfg: Any) -> Optimizer:
     """AlphaLion; mask/alpha/alpha_max/rescale default to AlphaAdam's and may be overridden."""
-    groups = _split_decay(model, cfg)
-    _betas(cfg)
-    return AlphaLion(groups, **{**LION_PRESETS["alphalion"], **cfg})
+    return AlphaLion(split_decay(model, cfg), **{**LION_PRESETS["alphalion"], **cfg})
 
 
 @register_optimizer("alphasgd")
 def _alphasgd(model: nn.Module, **cfg: Any) -> Optimizer:
     """AlphaSGD; mask/alpha/alpha_max/rescale default to AlphaAdam's and may be overridden."""
-    groups = _split_decay(model, cfg)
-    return AlphaSGD(groups, **{**SGD_PRESETS["alphasgd"], **cfg})
+    return AlphaSGD(split_decay(model, cfg), **{**SGD_PRESETS["alphasgd"], **cfg})
 
 
 @register_optimizer("sgd")
 def _sgd(model: nn.Module, **cfg: Any) -> Optimizer:
     """torch.optim.SGD (weight decay only on tensors of >= 2 dims, as for every optimizer)."""
-    return torch.optim.SGD(_split_decay(model, cfg), **cfg)
+    return torch.optim.SGD(split_decay(model, cfg), **cfg)
 
 
 # -------------------------------------------------------------------------- adam_mini

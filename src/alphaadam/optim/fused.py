@@ -1,19 +1,24 @@
-"""Choosing a fused AlphaAdam step, and the math both fused paths share.
+"""Choosing an AlphaAdam param group's step path: the one dispatcher (:func:`select_step`).
 
-The fused step is two passes over every tensor (docs/fused.md):
+Every path is called as ``path(bucket, hp, cfg, workspace=...)`` (``sharding.LocalBucket``,
+``adam_math.AdamHParams``, ``masking.MaskConfig``), computes the same step and keeps the same
+state, so a checkpoint moves between paths:
 
-1. moments, the agreement mask (1 byte per element) and per-tensor partial sums
-   ``||u||^2``, ``||phi * u||^2``, ``||phi||_0``;
-2. after the sums are complete (and all-reduced over shards), the parameter update.
+* the reference paths (``reference_paths.py``): single-tensor, and multi-tensor with
+  ``torch._foreach_*`` kernels;
+* the fused step (docs/fused.md), two passes over every tensor: (1) moments, the agreement
+  mask (1 byte per element) and per-tensor partial sums ``||u||^2``, ``||phi * u||^2``,
+  ``||phi||_0``; (2) after the sums are complete (and all-reduced over shards), the
+  parameter update. With ``one_pass=True`` a tensor whose previous statistics are usable
+  gets its update in pass 1 (with the previous step's multiplier) and skips pass 2. Three
+  back ends: Triton kernels for CUDA (``fused_triton.py``, also runnable on CPU tensors
+  through the Triton interpreter, which is how CI tests them), a C++ kernel pair for CPU
+  built when the optimizer is (``fused_cpu.py``, ``csrc/alphaadam_cpu.cpp``) and a
+  ``torch.compile``d per-tensor step for any device (``fused_compile.py``).
 
-With ``one_pass=True`` a tensor whose previous statistics are usable gets its update in pass 1
-(with the previous step's multiplier) and skips pass 2.
-
-Three back ends implement it: Triton kernels for CUDA (``fused_triton.py``, also runnable on
-CPU tensors through the Triton interpreter, which is how CI tests them), a C++ kernel pair for
-CPU built on first use (``fused_cpu.py``, ``csrc/alphaadam_cpu.cpp``) and a ``torch.compile``d
-per-tensor step for any device (``fused_compile.py``). All take the same arguments as the
-reference single-tensor/foreach paths in ``alphaadam.py`` and keep the same state.
+Imports run one way: ``alphaadam`` -> this module -> the paths -> ``masking``, ``adam_math``,
+``sharding``. The fused back ends are imported when first chosen, which keeps ``import
+alphaadam`` from importing triton.
 """
 
 from __future__ import annotations
@@ -21,14 +26,17 @@ from __future__ import annotations
 import functools
 import importlib.util
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .masking import MaskConfig, alpha_from_sums
+from .reference_paths import multi_tensor_alphaadam, single_tensor_alphaadam
 
 FUSED_CHOICES = (None, False, True, "triton", "cpu", "compile")
 TRITON_PARAM_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+StepPath = Callable[..., None]  # path(bucket, hp, cfg, *, workspace=None)
 
 
 def check_fused_choice(fused: object, foreach: object) -> None:
@@ -47,18 +55,24 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def select_fused_impl(fused: bool | str | None, foreach: bool | None, params: list[Tensor]):
-    """The fused implementation a param group uses, or ``None`` for the reference paths.
+def select_step(group: dict[str, Any], params: list[Tensor]) -> StepPath:
+    """The step path for a param group's ``params`` (those with gradients).
 
-    ``None`` chooses no fused step: the foreach path on CUDA, the single-tensor path on CPU.
-    The Triton kernels have only run under the Triton interpreter; they become the CUDA
-    default once ``benchmarks/gpu_check.sh`` has passed on real hardware (docs/fused.md).
-    The fused CPU steps need a build (C++, and a compiler) or a compilation (tens of seconds,
-    docs/fused.md), which a user asking for nothing should neither wait for nor see fail.
-    ``True`` means Triton on CUDA and C++ on CPU.
+    ``fused=None`` (default) or ``False``: a reference path, foreach if ``foreach`` says so,
+    and for ``foreach=None`` on CUDA (torch's rule), single-tensor on CPU. ``None`` chooses no
+    fused step: the Triton kernels have only run under the Triton interpreter; they become
+    the CUDA default once ``benchmarks/gpu_check.sh`` has passed on real hardware
+    (docs/fused.md). The fused CPU steps need a build (C++, and a compiler) or a compilation
+    (tens of seconds, docs/fused.md), which a user asking for nothing should neither wait for
+    nor see fail. ``True`` means Triton on CUDA and C++ on CPU; ``"triton"``, ``"cpu"`` and
+    ``"compile"`` force one, after checking that it can run these parameters.
     """
+    fused = group["fused"]
     if fused is None or fused is False:
-        return None
+        foreach = group["foreach"]
+        if foreach is None:
+            foreach = all(p.is_cuda for p in params)
+        return multi_tensor_alphaadam if foreach else single_tensor_alphaadam
     kind = fused
     if fused is True:
         kind = "triton" if all(p.is_cuda for p in params) else "cpu"
@@ -98,43 +112,11 @@ def select_fused_impl(fused: bool | str | None, foreach: bool | None, params: li
     return compiled_alphaadam
 
 
-def bias_corrections(steps: Tensor, beta1: float, beta2: float) -> tuple[Tensor, Tensor]:
-    """``1 - b1^t`` and ``sqrt(1 - b2^t)`` in float64 (float32 on MPS), rounded to float32.
-
-    float32 ``0.999`` is off by 1.3e-8, which ``1 - b2^t`` amplifies to a 1e-5 relative error
-    at t = 1; torch's AdamW computes these in Python doubles.
-    """
-    exact = torch.float32 if steps.device.type == "mps" else torch.float64
-    t = steps.to(exact)
-    bc1 = 1 - torch.pow(beta1, t)
-    bc2_sqrt = (1 - torch.pow(beta2, t)).sqrt()
-    return bc1.float(), bc2_sqrt.float()
-
-
-def coefficients(
-    total_sq: Tensor, kept_sq: Tensor, nnz: Tensor, numels: Tensor, cfg: MaskConfig
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-tensor ``scale * alpha``, ``alpha`` and mask density from complete sums.
-
-    The same formulas as ``masking.mask_and_compensate`` (``scale = d / (nnz + 1)``, alpha
-    clipped, ``alpha_max`` for an empty mask), elementwise over tensors.
-    """
-    nnz = nnz.to(total_sq.dtype)
-    numels = numels.to(total_sq.dtype)
-    scale = numels / (nnz + 1) if cfg.rescale else torch.ones_like(nnz)
-    if cfg.alpha != "none":
-        alpha = alpha_from_sums(total_sq, kept_sq, cfg.alpha, cfg.alpha_max)
-    else:
-        alpha = torch.ones_like(nnz)
-    density = nnz / numels.clamp(min=1)
-    return scale * alpha, alpha, density
-
-
-def lr_tensor(lr: float | Tensor, device: torch.device) -> Tensor:
-    """The learning rate as a 0-d float32 device tensor (a scheduler never recompiles)."""
-    if isinstance(lr, Tensor):
-        return lr.detach().to(device=device, dtype=torch.float32).reshape(())
-    return torch.tensor(lr, dtype=torch.float32, device=device)
-
-
-FusedImpl = Callable[..., None]
+def select_fused_impl(
+    fused: bool | str | None, foreach: bool | None, params: list[Tensor]
+) -> StepPath | None:
+    """The fused back end :func:`select_step` picks, or ``None`` for a reference path (kept
+    for the tests that ask which fused step a config reaches)."""
+    if fused is None or fused is False:
+        return None
+    return select_step({"fused": fused, "foreach": foreach}, params)

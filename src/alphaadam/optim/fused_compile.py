@@ -11,7 +11,7 @@ every parameter (tensors are passed as 1-d aliases, so rank never changes):
   loop, which was slower (20.1 vs 17.6 ms at 8M elements) and cost 4 bytes per element of the
   largest tensor in memory.
 * ``_coefficients``: turns complete sums into ``[1 - lr wd, lr scale alpha, alpha, density]``
-  (same formulas as ``fused.coefficients``); scalar code, once per tensor.
+  (``masking.compensation``); scalar code, once per tensor.
 * ``_apply``: recomputes ``u`` from the stored moments (cheaper than storing it: a stored
   fp32 ``u`` would cost 8 bytes of traffic per element, recomputing reads nothing new) and
   writes the parameter.
@@ -45,9 +45,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .fused import coefficients, lr_tensor
-from .masking import MaskConfig
-from .sharding import ReduceSums
+from .adam_math import AdamHParams, bias_corrections, exact_dtype, lr_tensor
+from .masking import MaskConfig, compensation
+from .sharding import LocalBucket
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -150,7 +150,7 @@ def _coefficients(
     recomputed it (float64 casts and divisions) for every vector of elements, which made
     that pass ~1.5x slower.
     """
-    coef, alpha, density = coefficients(sums[0], sums[1], sums[2], numel, cfg)
+    coef, alpha, density = compensation(sums[0], sums[1], sums[2], numel, cfg)
     lr = lr.to(sums.dtype)
     return torch.stack([1 - lr * hyper[3].to(sums.dtype), lr * coef, alpha, density])
 
@@ -226,8 +226,8 @@ def _increment_and_bias_corrections(
 ) -> list[tuple[list[int], Tensor]]:
     """Increment every step; per device, the tensor indices and ``[1 - b1^t, sqrt(1 - b2^t)]``.
 
-    float64 as in the reference path (float32 ``0.999`` is off by 1.3e-8, which ``1 - b2^t``
-    amplifies to a 1e-5 relative error at t = 1). One small table per device.
+    Not rounded (float64 where the device has it): :func:`_step_constants` takes their
+    reciprocals first, then rounds once. One small table per device.
     """
     by_device: dict[torch.device, list[int]] = {}
     for i, s in enumerate(steps):
@@ -236,10 +236,10 @@ def _increment_and_bias_corrections(
     for device, idx in by_device.items():
         group = [steps[i] for i in idx]
         torch._foreach_add_(group, 1.0)
-        exact = torch.float32 if device.type == "mps" else torch.float64
+        exact = exact_dtype(device)
         if bias_correction:
-            t = torch.stack(group).to(exact)
-            table = torch.stack([1 - torch.pow(beta1, t), (1 - torch.pow(beta2, t)).sqrt()], 1)
+            bc1, bc2_sqrt = bias_corrections(torch.stack(group), beta1, beta2, exact)
+            table = torch.stack([bc1, bc2_sqrt], 1)
         else:
             table = torch.ones(len(idx), 2, dtype=exact, device=device)
         tables.append((idx, table))
@@ -317,56 +317,49 @@ def _reuse_coefficients(
 
 
 def compiled_alphaadam(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
-    stats: list[tuple[Tensor | None, Tensor | None]],
-    *,
+    bucket: LocalBucket,
+    hp: AdamHParams,
     cfg: MaskConfig,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    bias_correction: bool,
-    maximize: bool,
-    numels: list[int] | None = None,
-    reduce_sums: ReduceSums | None = None,
-    previous_scales: list[Tensor] | None = None,
+    *,
     workspace: dict[str, Tensor] | None = None,
 ) -> None:
-    """Same signature and results as ``alphaadam._single_tensor_alphaadam``."""
-    if numels is None:
-        numels = [p.numel() for p in params]
+    """Same arguments and results as ``reference_paths.single_tensor_alphaadam``."""
+    params, grads, exp_avgs, exp_avg_sqs = (
+        bucket.params,
+        bucket.grads,
+        bucket.exp_avgs,
+        bucket.exp_avg_sqs,
+    )
+    previous_scales, reduce_sums = bucket.previous_scales, bucket.reduce_sums
     scalars: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def scalars_on(device: torch.device) -> tuple[Tensor, Tensor]:
         # Tensors, not Python floats: Dynamo would specialise on (and recompile for) each
         # value of lr, betas, eps and weight decay.
         if device not in scalars:
-            hyper = torch.tensor([beta1, beta2, eps, weight_decay], dtype=torch.float64)
-            scalars[device] = (lr_tensor(lr, device), hyper.to(device))
+            hyper = torch.tensor([hp.beta1, hp.beta2, hp.eps, hp.weight_decay], dtype=torch.float64)
+            scalars[device] = (lr_tensor(hp.lr, device), hyper.to(device))
         return scalars[device]
 
     if not cfg.active:
-        bcs = _step_and_bias_corrections(steps, beta1, beta2, bias_correction)
+        bcs = _step_and_bias_corrections(bucket.steps, hp.beta1, hp.beta2, hp.bias_correction)
         adamw = _compiled_fn("adamw")
         for p, g, m, v, bc in zip(params, grads, exp_avgs, exp_avg_sqs, bcs):
             if p.numel() == 0:
                 continue
             lr_t, hyper = scalars_on(p.device)
-            adamw(_flat(p), _flat(g), _flat(m), _flat(v), bc, lr_t, hyper, maximize=maximize)
+            adamw(_flat(p), _flat(g), _flat(m), _flat(v), bc, lr_t, hyper, maximize=hp.maximize)
         return
 
     state_dtypes = [m.dtype for m in exp_avgs]
-    consts = _step_constants(steps, state_dtypes, beta1, beta2, eps, bias_correction)
+    consts = _step_constants(
+        bucket.steps, state_dtypes, hp.beta1, hp.beta2, hp.eps, hp.bias_correction
+    )
     moments_and_mask = _compiled_fn("moments")
     apply = _compiled_fn("apply")
     one_pass = previous_scales is not None
     if one_pass:
-        reuse_k = _reuse_coefficients(previous_scales, state_dtypes, lr, weight_decay)
+        reuse_k = _reuse_coefficients(previous_scales, state_dtypes, hp.lr, hp.weight_decay)
         exact_step = [None] * len(params)  # not read on the host: select on the device
         if _flags_readable_on_host(params):
             exact_step = torch.stack(previous_scales).le(0).tolist()
@@ -375,7 +368,7 @@ def compiled_alphaadam(
     pending = []
     k_values: list[Tensor] = []
     for p, g, m, v, c, numel, k_prev, exact in zip(
-        params, grads, exp_avgs, exp_avg_sqs, consts, numels, reuse_k, exact_step
+        params, grads, exp_avgs, exp_avg_sqs, consts, bucket.numels, reuse_k, exact_step
     ):
         numel_t = torch.tensor(numel, dtype=m.dtype, device=p.device)
         lr_t, hyper = scalars_on(p.device)
@@ -393,11 +386,11 @@ def compiled_alphaadam(
         mask = torch.empty(p.numel(), dtype=torch.uint8, device=p.device)
         if one_pass:
             _compiled_fn("moments_and_update")(
-                _flat(g), *flat, mask, c, k_prev, mask_kind=cfg.mask, maximize=maximize
+                _flat(g), *flat, mask, c, k_prev, mask_kind=cfg.mask, maximize=hp.maximize
             )
         else:
             moments_and_mask(
-                _flat(g), flat[1], flat[2], mask, c, mask_kind=cfg.mask, maximize=maximize
+                _flat(g), flat[1], flat[2], mask, c, mask_kind=cfg.mask, maximize=hp.maximize
             )
         sums = _compiled_fn("sums")(flat[1], flat[2], mask, c)
         if reduce_sums is None:
@@ -424,5 +417,5 @@ def compiled_alphaadam(
     # inside the compiled code: Inductor (torch 2.13, CPU) drops in-place writes to float64
     # 0-d inputs.
     torch._foreach_copy_(
-        [t for pair in stats for t in pair], [t for k in k_values for t in k[2:].unbind(0)]
+        [t for pair in bucket.stats for t in pair], [t for k in k_values for t in k[2:].unbind(0)]
     )

@@ -25,8 +25,9 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from .adam_math import AdamHParams
 from .masking import MaskConfig
-from .sharding import ReduceSums
+from .sharding import LocalBucket
 
 SOURCE = Path(__file__).with_name("csrc") / "alphaadam_cpu.cpp"
 MASK_KINDS = {"none": 0, "async": 1, "sync": 2}
@@ -108,27 +109,13 @@ def _lr_value(lr: float | Tensor) -> float:
 
 
 def cpu_alphaadam(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
-    stats: list[tuple[Tensor | None, Tensor | None]],
-    *,
+    bucket: LocalBucket,
+    hp: AdamHParams,
     cfg: MaskConfig,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    bias_correction: bool,
-    maximize: bool,
-    numels: list[int] | None = None,
-    reduce_sums: ReduceSums | None = None,
-    previous_scales: list[Tensor] | None = None,
+    *,
     workspace: dict[str, Tensor] | None = None,
 ) -> None:
-    """Same signature and results as ``alphaadam._single_tensor_alphaadam``.
+    """Same arguments and results as ``reference_paths.single_tensor_alphaadam``.
 
     ``workspace``: the optimizer's scratch buffers, kept across steps; the masks of pass 1
     live in ``workspace["cpu_mask"]``, sized once to the largest need, so a steady-state
@@ -136,25 +123,29 @@ def cpu_alphaadam(
     page faults and made the step time bimodal).
     """
     ext = load_extension()
-    lr_value = _lr_value(lr)
+    params, grads, stats = bucket.params, bucket.grads, bucket.stats
     alphas = [a for a, _ in stats] if cfg.active else []
     densities = [d for _, d in stats] if cfg.active else []
+    # Unpacked for the C++ signature, which takes plain values.
+    lr, beta1, beta2, eps = _lr_value(hp.lr), hp.beta1, hp.beta2, hp.eps
+    weight_decay, bias_correction, maximize = hp.weight_decay, hp.bias_correction, hp.maximize
     mask_kind = MASK_KINDS[cfg.mask]
     alpha_kind = ALPHA_KINDS[cfg.alpha]
     # One-pass: each tensor's previous multiplier (0: take the exact step), read in C++.
     previous = _NO_PREVIOUS
-    if previous_scales is not None and cfg.active:
-        previous = torch.stack(previous_scales).to(torch.float64)
+    if bucket.previous_scales is not None and cfg.active:
+        previous = torch.stack(bucket.previous_scales).to(torch.float64)
     if workspace is None:
         workspace = {}
-    if reduce_sums is None or not cfg.active:
+    if bucket.reduce_sums is None or not cfg.active:
         # Whole tensors (or mask="none", which needs no sums): one call for everything; the
         # tensors' masks take turns in one buffer.
         largest = max((g.numel() for g in grads), default=0) if cfg.active else 0
         ext.step(
-            params, grads, exp_avgs, exp_avg_sqs, steps, alphas, densities, previous,
-            _mask_buffer(workspace, largest), lr_value, beta1, beta2, eps, weight_decay,
-            bias_correction, maximize, mask_kind, alpha_kind, float(cfg.alpha_max), cfg.rescale,
+            params, grads, bucket.exp_avgs, bucket.exp_avg_sqs, bucket.steps, alphas,
+            densities, previous, _mask_buffer(workspace, largest), lr, beta1, beta2, eps,
+            weight_decay, bias_correction, maximize, mask_kind, alpha_kind,
+            float(cfg.alpha_max), cfg.rescale,
         )  # fmt: skip
         return
     # Local shards: pass 1 for all, one all_reduce of the [n, 3] sums, pass 2 for all (for the
@@ -164,14 +155,12 @@ def cpu_alphaadam(
     sizes = [0 if reuse else g.numel() for g, reuse in zip(grads, reuses)]
     masks = list(_mask_buffer(workspace, sum(sizes)).narrow(0, 0, sum(sizes)).split(sizes))
     sums = ext.moments_and_sums(
-        params, grads, exp_avgs, exp_avg_sqs, steps, masks, previous,
-        lr_value, beta1, beta2, eps, weight_decay, bias_correction, maximize, mask_kind,
+        params, grads, bucket.exp_avgs, bucket.exp_avg_sqs, bucket.steps, masks, previous,
+        lr, beta1, beta2, eps, weight_decay, bias_correction, maximize, mask_kind,
     )  # fmt: skip
-    sums = reduce_sums(sums).to(torch.float64).contiguous()
-    if numels is None:
-        numels = [p.numel() for p in params]
+    sums = bucket.reduce_sums(sums).to(torch.float64).contiguous()
     ext.apply_from_sums(
-        params, exp_avgs, exp_avg_sqs, steps, masks, sums, list(numels), alphas, densities,
-        previous, lr_value, beta1, beta2, eps, weight_decay, bias_correction,
-        alpha_kind, float(cfg.alpha_max), cfg.rescale,
+        params, bucket.exp_avgs, bucket.exp_avg_sqs, bucket.steps, masks, sums,
+        list(bucket.numels), alphas, densities, previous, lr, beta1, beta2, eps, weight_decay,
+        bias_correction, alpha_kind, float(cfg.alpha_max), cfg.rescale,
     )  # fmt: skip

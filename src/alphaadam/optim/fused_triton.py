@@ -35,9 +35,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .fused import bias_corrections, coefficients, lr_tensor
-from .masking import MaskConfig
-from .sharding import ReduceSums
+from .adam_math import AdamHParams, bias_corrections, lr_tensor
+from .masking import MaskConfig, compensation
+from .sharding import LocalBucket
 
 try:
     import triton
@@ -167,7 +167,7 @@ def _apply_kernel(
     chunk_tensor_ptr,
     chunk_start_ptr,
     bc_ptr,
-    coef_ptr,  # fp32 [n]: d/(nnz+1) * alpha
+    coef_ptr,  # fp32 [n]: d/(nnz+1) * alpha from masking.compensation
     mask_ptr,
     lr_ptr,
     prev_ptr,  # fp32 [n] (only for ONE_PASS): tensors with prev > 0 are already updated
@@ -259,45 +259,29 @@ def _chunks(numels: tuple[int, ...], chunk: int, device: torch.device) -> tuple[
 
 
 def triton_alphaadam(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
-    stats: list[tuple[Tensor | None, Tensor | None]],
-    *,
+    bucket: LocalBucket,
+    hp: AdamHParams,
     cfg: MaskConfig,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    bias_correction: bool,
-    maximize: bool,
-    numels: list[int] | None = None,
-    reduce_sums: ReduceSums | None = None,
-    previous_scales: list[Tensor] | None = None,
+    *,
     workspace: dict[str, Tensor] | None = None,
 ) -> None:
-    """Same signature and results as ``alphaadam._single_tensor_alphaadam``."""
-    if numels is None:
-        numels = [p.numel() for p in params]
+    """Same arguments and results as ``reference_paths.single_tensor_alphaadam``."""
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, p in enumerate(params):
-        if exp_avgs[i].dtype != torch.float32:
+    for i, (p, g, m) in enumerate(zip(bucket.params, bucket.grads, bucket.exp_avgs)):
+        if m.dtype != torch.float32:
             raise ValueError(
                 f"fused='triton' keeps float32 moments; got a {p.dtype} parameter with "
-                f"{exp_avgs[i].dtype} state (use fused='compile' or fused=False)"
+                f"{m.dtype} state (use fused='compile' or fused=False)"
             )
-        for name, t in (("param", p), ("grad", grads[i]), ("exp_avg", exp_avgs[i])):
+        for name, t in (("param", p), ("grad", g), ("exp_avg", m)):
             if not t.is_contiguous():
                 raise ValueError(
                     f"fused='triton' needs contiguous tensors; got a non-contiguous {name} of "
                     f"shape {tuple(t.shape)} (use fused='compile' or fused=False)"
                 )
-        if grads[i].dtype != p.dtype:
+        if g.dtype != p.dtype:
             raise ValueError(
-                f"fused='triton' needs gradients in the parameter dtype; got {grads[i].dtype} "
+                f"fused='triton' needs gradients in the parameter dtype; got {g.dtype} "
                 f"for a {p.dtype} parameter"
             )
         groups.setdefault((p.device, p.dtype), []).append(i)
@@ -305,50 +289,15 @@ def triton_alphaadam(
     # Bucket order is the same on every rank, so the collectives below line up.
     for (device, p_dtype), idx in groups.items():
         if device not in lr_by_device:
-            lr_by_device[device] = lr_tensor(lr, device)
-        _step_group(
-            [params[i] for i in idx],
-            [grads[i] for i in idx],
-            [exp_avgs[i] for i in idx],
-            [exp_avg_sqs[i] for i in idx],
-            [steps[i] for i in idx],
-            [stats[i] for i in idx],
-            [numels[i] for i in idx],
-            None if previous_scales is None else [previous_scales[i] for i in idx],
-            lr_by_device[device],
-            p_dtype,
-            cfg=cfg,
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
-            weight_decay=weight_decay,
-            bias_correction=bias_correction,
-            maximize=maximize,
-            reduce_sums=reduce_sums,
-        )
+            lr_by_device[device] = lr_tensor(hp.lr, device)
+        _step_group(bucket.subset(idx), hp, cfg, lr_by_device[device], p_dtype)
 
 
 def _step_group(
-    params,
-    grads,
-    exp_avgs,
-    exp_avg_sqs,
-    steps,
-    stats,
-    numels,
-    previous_scales: list[Tensor] | None,
-    lr: Tensor,
-    p_dtype: torch.dtype,
-    *,
-    cfg: MaskConfig,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    bias_correction: bool,
-    maximize: bool,
-    reduce_sums: ReduceSums | None,
+    bucket: LocalBucket, hp: AdamHParams, cfg: MaskConfig, lr: Tensor, p_dtype: torch.dtype
 ) -> None:
+    """One (device, parameter dtype) group: pass 1, the coefficients, pass 2."""
+    params, steps, stats = bucket.params, bucket.steps, bucket.stats
     device = params[0].device
     interpret = device.type != "cuda"
     block, chunk = (INTERPRET_BLOCK, INTERPRET_CHUNK) if interpret else (BLOCK, CHUNK)
@@ -356,8 +305,8 @@ def _step_group(
     local_numels = [p.numel() for p in params]
 
     torch._foreach_add_(steps, 1.0)
-    if bias_correction:
-        bc1, bc2_sqrt = bias_corrections(torch.stack(steps), beta1, beta2)
+    if hp.bias_correction:
+        bc1, bc2_sqrt = bias_corrections(torch.stack(steps), hp.beta1, hp.beta2, torch.float32)
         bc = torch.stack([bc1, bc2_sqrt])
     else:
         bc = torch.ones(2, n, dtype=torch.float32, device=device)
@@ -370,9 +319,9 @@ def _step_group(
     table = torch.tensor(
         [
             [p.data_ptr() for p in params],
-            [g.data_ptr() for g in grads],
-            [m.data_ptr() for m in exp_avgs],
-            [v.data_ptr() for v in exp_avg_sqs],
+            [g.data_ptr() for g in bucket.grads],
+            [m.data_ptr() for m in bucket.exp_avgs],
+            [v.data_ptr() for v in bucket.exp_avg_sqs],
             local_numels,
             mask_offsets,
         ],
@@ -382,8 +331,8 @@ def _step_group(
     n_chunks = chunk_tensor.numel()
 
     mask_code = _MASK_CODES[cfg.mask]
-    one_pass = previous_scales is not None and mask_code != MASK_NONE
-    prev = torch.stack(previous_scales).float() if one_pass else lr  # lr: an unused pointer
+    one_pass = bucket.previous_scales is not None and mask_code != MASK_NONE
+    prev = torch.stack(bucket.previous_scales).float() if one_pass else lr  # lr: an unused pointer
     sums = torch.zeros(2, n, dtype=torch.float32, device=device)
     nnz = torch.zeros(n, dtype=torch.int32, device=device)
     mask = torch.empty(total if mask_code else 0, dtype=torch.uint8, device=device)
@@ -391,24 +340,24 @@ def _step_group(
     if n_chunks:
         _kernel("moments", interpret)[(n_chunks,)](
             table, n, chunk_tensor, chunk_start, bc, sums, nnz, mask, lr, prev,
-            beta1, beta2, eps, weight_decay,
-            P_DTYPE=tl_dtype, MASK_MODE=mask_code, MAXIMIZE=maximize, ONE_PASS=one_pass,
+            hp.beta1, hp.beta2, hp.eps, hp.weight_decay,
+            P_DTYPE=tl_dtype, MASK_MODE=mask_code, MAXIMIZE=hp.maximize, ONE_PASS=one_pass,
             BLOCK=block, CHUNK=chunk,
         )  # fmt: skip
     if not mask_code:
         return
 
     counts = nnz.to(torch.float32)
-    if reduce_sums is not None:
-        reduced = reduce_sums(torch.cat([sums.double(), counts.double()[None]]))
+    if bucket.reduce_sums is not None:
+        reduced = bucket.reduce_sums(torch.cat([sums.double(), counts.double()[None]]))
         sums, counts = reduced[:2].float(), reduced[2].float()
-    numel_t = torch.tensor(numels, dtype=torch.float32).to(device, non_blocking=True)
-    coef, alpha, density = coefficients(sums[0], sums[1], counts, numel_t, cfg)
+    numel_t = torch.tensor(bucket.numels, dtype=torch.float32).to(device, non_blocking=True)
+    coef, alpha, density = compensation(sums[0], sums[1], counts, numel_t, cfg)
     torch._foreach_copy_([s[0] for s in stats], list(alpha.unbind(0)))
     torch._foreach_copy_([s[1] for s in stats], list(density.unbind(0)))
     if n_chunks:
         _kernel("apply", interpret)[(n_chunks,)](
             table, n, chunk_tensor, chunk_start, bc, coef.contiguous(), mask, lr, prev,
-            eps, weight_decay,
+            hp.eps, hp.weight_decay,
             P_DTYPE=tl_dtype, ONE_PASS=one_pass, BLOCK=block, CHUNK=chunk,
         )  # fmt: skip

@@ -11,7 +11,9 @@ Optimizers (AlphaAdam, AlphaLion, AlphaSGD) compute their own direction and mome
 call :func:`mask_and_compensate` (one tensor) or :func:`foreach_mask_and_compensate`
 (a list of tensors with ``torch._foreach_*`` kernels). Both return the masked, compensated
 direction (``lr`` not yet applied) together with the per-tensor alpha and mask density as
-device tensors, so that nothing here forces a host synchronisation.
+device tensors, so that nothing here forces a host synchronisation. The fused AlphaAdam
+steps compute the sums in their own passes and call :func:`compensation`, the formula both
+functions use.
 """
 
 from __future__ import annotations
@@ -93,6 +95,40 @@ def alpha_from_sums(total_sq: Tensor, kept_sq: Tensor, kind: str, alpha_max: flo
     return ratio.clamp(max=alpha_max)
 
 
+def compensation(
+    total_sq: Tensor | None,
+    kept_sq: Tensor | None,
+    nnz: Tensor,
+    numels: int | Tensor,
+    cfg: MaskConfig,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A masked step's multiplier ``d / (nnz + 1) * alpha``, ``alpha`` and the mask density.
+
+    From complete sums: ``total_sq = ||u||^2``, ``kept_sq = ||phi u||^2`` and ``nnz =
+    ||phi||_0`` of tensors of ``numels = d`` elements (elementwise over tensors; 0-d for one
+    tensor). ``total_sq``/``kept_sq`` may be ``None`` when ``cfg.alpha == "none"``. The rescale
+    is Algorithm 1's ``eta^ / eta``, 1 without ``cfg.rescale``; alpha is
+    :func:`alpha_from_sums`, 1 for ``alpha="none"``.
+
+    The one home of this formula on the Python side: the single-tensor, foreach, compiled and
+    Triton paths all call it. The C++ kernel keeps a copy (``coefficients`` in
+    ``csrc/alphaadam_cpu.cpp``) that ``tests/test_fused_cpu.py`` checks against this one.
+    """
+    if total_sq is not None:
+        nnz = nnz.to(total_sq.dtype)
+    if isinstance(numels, Tensor):
+        numels = numels.to(nnz.dtype)
+        at_least_one = numels.clamp(min=1)
+    else:
+        at_least_one = max(numels, 1)
+    scale = numels / (nnz + 1) if cfg.rescale else torch.ones_like(nnz)
+    if total_sq is None or cfg.alpha == "none":
+        alpha = torch.ones_like(nnz)
+    else:
+        alpha = alpha_from_sums(total_sq, kept_sq, cfg.alpha, cfg.alpha_max)
+    return scale * alpha, alpha, nnz / at_least_one
+
+
 def step_scale(alpha: Tensor, density: Tensor, numel: int | Tensor, rescale: bool) -> Tensor:
     """The multiplier of the lr that a masked step applied: ``alpha * d / (nnz + 1)``.
 
@@ -150,15 +186,8 @@ def mask_and_compensate(
     nnz = mask.sum()
     kept_sq = update.square().sum() if total_sq is not None else None
     total_sq, kept_sq, nnz = reduce_stacked(reduce_sums, total_sq, kept_sq, nnz)
-    scale = torch.ones((), dtype=update.dtype, device=update.device)
-    if cfg.rescale:
-        scale = numel / (nnz + 1)
-    if total_sq is not None:
-        alpha = alpha_from_sums(total_sq, kept_sq, cfg.alpha, cfg.alpha_max)
-    else:
-        alpha = torch.ones((), dtype=update.dtype, device=update.device)
-    update.mul_(_applied(scale * alpha, previous_scale))
-    density = nnz / max(numel, 1)
+    scale_alpha, alpha, density = compensation(total_sq, kept_sq, nnz, numel, cfg)
+    update.mul_(_applied(scale_alpha, previous_scale))
     return update, alpha, density
 
 
@@ -195,14 +224,9 @@ def foreach_mask_and_compensate(
     if total_sq is not None:
         kept_sq = torch.stack(torch._foreach_norm(updates)).square()
     total_sq, kept_sq, nnz = reduce_stacked(reduce_sums, total_sq, kept_sq, nnz)
-    scale = numels / (nnz + 1) if cfg.rescale else torch.ones_like(nnz)
-    if total_sq is not None:
-        alphas = alpha_from_sums(total_sq, kept_sq, cfg.alpha, cfg.alpha_max)
-    else:
-        alphas = torch.ones_like(nnz)
-    coefficients = _applied(scale * alphas, previous_scales)
+    scale_alphas, alphas, densities = compensation(total_sq, kept_sq, nnz, numels, cfg)
+    coefficients = _applied(scale_alphas, previous_scales)
     torch._foreach_mul_(updates, list(coefficients.unbind(0)))
-    densities = nnz / numels.clamp(min=1)
     return updates, alphas, densities
 
 
@@ -221,3 +245,21 @@ def foreach_agreement_masks(grads: list[Tensor], references: list[Tensor]) -> li
     torch._foreach_sign_(masks)
     torch._foreach_clamp_min_(masks, 0.0)
     return masks
+
+
+# Applying a masked direction with a float or tensor lr (AlphaLion, AlphaSGD).
+def add_scaled_(param: Tensor, update: Tensor, scale: float | Tensor) -> None:
+    """``param += scale * update`` with torch's own rounding for float scales (bitwise equal
+    to torch.optim), and a tensor product for tensor learning rates."""
+    if isinstance(scale, Tensor):
+        param.add_(update * scale)
+    else:
+        param.add_(update, alpha=scale)
+
+
+def foreach_add_scaled_(params: list[Tensor], updates: list[Tensor], scale) -> None:
+    """:func:`add_scaled_` for lists of tensors."""
+    if isinstance(scale, Tensor):
+        torch._foreach_add_(params, torch._foreach_mul(updates, scale.to(params[0].device)))
+    else:
+        torch._foreach_add_(params, updates, alpha=scale)

@@ -47,11 +47,14 @@ def _local(t: Tensor | None) -> Tensor | None:
 
 @dataclass
 class LocalBucket:
-    """Local shards of tensors sharing one mesh and placements, ready for an update path.
+    """Local shards of tensors sharing one mesh and placements: what a step path updates.
 
-    ``numels`` are the global element counts; ``reduce_sums`` sums a tensor of rank-local
-    per-tensor partial sums over the shards (``None`` when nothing is sharded); ``indices``
-    are the tensors' positions in the lists :func:`local_buckets` was given.
+    ``stats`` are each tensor's ``(alpha, mask_density)`` state (``(None, None)`` without a
+    mask); ``numels`` are the global element counts; ``reduce_sums`` sums a tensor of
+    rank-local per-tensor partial sums over the shards (``None`` when nothing is sharded);
+    ``indices`` are the tensors' positions in the lists :func:`local_buckets` was given.
+    ``previous_scales`` (one-pass AlphaAdam only): per tensor, the previous step's multiplier
+    of the lr as a 0-d tensor, 0 where the tensor takes the exact step.
     """
 
     params: list[Tensor] = field(default_factory=list)
@@ -63,6 +66,19 @@ class LocalBucket:
     numels: list[int] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
     reduce_sums: ReduceSums | None = None
+    previous_scales: list[Tensor] | None = None
+
+    def subset(self, positions: list[int]) -> LocalBucket:
+        """The tensors at ``positions`` of this bucket, as a bucket of their own."""
+
+        def pick(values):
+            return None if values is None else [values[i] for i in positions]
+
+        return LocalBucket(
+            pick(self.params), pick(self.grads), pick(self.exp_avgs), pick(self.exp_avg_sqs),
+            pick(self.steps), pick(self.stats), pick(self.numels), pick(self.indices),
+            self.reduce_sums, pick(self.previous_scales),
+        )  # fmt: skip
 
 
 def _shard_reducer(mesh, placements) -> ReduceSums | None:
@@ -97,6 +113,7 @@ def local_buckets(
     exp_avg_sqs: list[Tensor],
     steps: list[Tensor],
     stats: list[tuple[Tensor | None, Tensor | None]],
+    previous_scales: list[Tensor] | None = None,
 ) -> list[LocalBucket]:
     """Split one param group into buckets of local shards, one per (mesh, placements).
 
@@ -110,6 +127,7 @@ def local_buckets(
             LocalBucket(
                 params, grads, exp_avgs, exp_avg_sqs, steps, stats,
                 numels=[p.numel() for p in params], indices=list(range(len(params))),
+                previous_scales=previous_scales,
             )
         ]  # fmt: skip
     buckets: dict[object, LocalBucket] = {}
@@ -119,7 +137,10 @@ def local_buckets(
         if is_dtensor(p):
             key = (id(p.device_mesh), tuple(p.placements))
             if key not in buckets:
-                buckets[key] = LocalBucket(reduce_sums=_shard_reducer(p.device_mesh, p.placements))
+                buckets[key] = LocalBucket(
+                    reduce_sums=_shard_reducer(p.device_mesh, p.placements),
+                    previous_scales=None if previous_scales is None else [],
+                )
             bucket = buckets[key]
             if not (is_dtensor(g) and g.placements == p.placements):
                 raise RuntimeError(
@@ -128,7 +149,9 @@ def local_buckets(
                     "they must match (is the model wrapped consistently?)"
                 )
         else:
-            bucket = buckets.setdefault(None, LocalBucket())
+            bucket = buckets.setdefault(
+                None, LocalBucket(previous_scales=None if previous_scales is None else [])
+            )
         bucket.params.append(_local(p))
         bucket.grads.append(_local(g))
         bucket.exp_avgs.append(_local(m))
@@ -137,6 +160,8 @@ def local_buckets(
         bucket.stats.append(st)
         bucket.numels.append(p.numel())  # DTensor.numel() is the global count
         bucket.indices.append(i)
+        if previous_scales is not None:
+            bucket.previous_scales.append(previous_scales[i])
     return list(buckets.values())
 
 

@@ -254,8 +254,9 @@ void tensor_adamw(const at::Tensor& param, const at::Tensor& grad, const at::Ten
   });
 }
 
-// [1 - lr wd, lr * scale * alpha, alpha, density] from a tensor's complete sums: the
-// formulas of fused.coefficients / masking.alpha_from_sums, in double.
+// [1 - lr wd, lr * scale * alpha, alpha, density] from a tensor's complete sums: a copy, in
+// double, of masking.compensation (scale * alpha, alpha, density) on the Python side, which
+// tests/test_fused_cpu.py checks it against.
 std::array<double, 4> coefficients(const double* sums, double numel, const Hyper& h) {
   const double total = sums[0], kept = sums[1], nnz = sums[2];
   const double scale = h.rescale ? numel / (nnz + 1.0) : 1.0;

@@ -1,0 +1,62 @@
+"""Factories of the Table 3 family: AlphaAdam's presets, the one-pass extension, AlphaAdam
+with every option from the config, and torch's AdamW (the ``adamw`` row).
+
+``adamw_sm`` is Cautious AdamW, also registered as ``cadamw`` (the paper's CAdamW baseline).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from .alphaadam import PRESETS, AlphaAdam, alphaadam_preset
+from .factory_base import OptimizerFactory, register_optimizer, split_decay
+
+
+def make_preset_factory(preset: str) -> OptimizerFactory:
+    def factory(model: nn.Module, **cfg: Any) -> Optimizer:
+        return alphaadam_preset(preset, split_decay(model, cfg), **cfg)
+
+    factory.__doc__ = f"AlphaAdam preset {preset!r}: {PRESETS[preset]}"
+    return factory
+
+
+for _preset in PRESETS:
+    if _preset != "adamw":  # the adamw row is torch's AdamW, below
+        register_optimizer(_preset)(make_preset_factory(_preset))
+register_optimizer("cadamw")(make_preset_factory("adamw_sm"))
+
+
+@register_optimizer("alphaadam_onepass")
+def _alphaadam_one_pass(model: nn.Module, **cfg: Any) -> Optimizer:
+    """The alphaadam preset with ``one_pass=True`` (an extension, not the paper's algorithm)."""
+    return make_preset_factory("alphaadam")(model, one_pass=True, **cfg)
+
+
+@register_optimizer("alphaadam_custom")
+def _alphaadam_custom(model: nn.Module, **cfg: Any) -> Optimizer:
+    """AlphaAdam with every option from the config (mask, alpha, alpha_max, rescale, ...)."""
+    return AlphaAdam(split_decay(model, cfg), **cfg)
+
+
+@register_optimizer("adamw")
+def _torch_adamw(model: nn.Module, **cfg: Any) -> Optimizer:
+    """torch.optim.AdamW: ``fused=None`` is fused on CUDA and foreach elsewhere (unless
+    ``foreach`` is given), ``True`` the fused step on any device (torch has one for CPU too),
+    ``False`` foreach."""
+    groups = split_decay(model, cfg)
+    fused = cfg.pop("fused", None)
+    if fused not in (None, True, False):
+        raise ValueError(f"Invalid fused={fused!r} for adamw; valid choices are None, True, False")
+    if fused is None and cfg.get("foreach") is None:
+        # torch's fastest exact step where it has one; foreach on CPU unless fused is asked for
+        # (the CPU fused step exists since torch 2.4; the CPU experiments ask for it).
+        fused = all(p.is_cuda for g in groups for p in g["params"])
+    if fused:
+        cfg["fused"] = True
+    elif cfg.get("foreach") is None:
+        cfg["foreach"] = True
+    return torch.optim.AdamW(groups, **cfg)
