@@ -95,11 +95,11 @@ def load_extension() -> ModuleType:
 _NO_PREVIOUS = torch.empty(0, dtype=torch.float64)  # every tensor takes the exact step
 
 
-def _mask_buffer(workspace: dict[str, Tensor], numel: int) -> Tensor:
-    """At least ``numel`` bytes of ``workspace["cpu_mask"]``, grown (never shrunk) on demand."""
-    buffer = workspace.get("cpu_mask")
-    if buffer is None or buffer.numel() < numel:
-        buffer = workspace["cpu_mask"] = torch.empty(numel, dtype=torch.uint8)
+def _byte_buffer(workspace: dict[str, Tensor], key: str, nbytes: int) -> Tensor:
+    """At least ``nbytes`` bytes of ``workspace[key]``, grown (never shrunk) on demand."""
+    buffer = workspace.get(key)
+    if buffer is None or buffer.numel() < nbytes:
+        buffer = workspace[key] = torch.empty(nbytes, dtype=torch.uint8)
     return buffer
 
 
@@ -117,10 +117,14 @@ def cpu_alphaadam(
 ) -> None:
     """Same arguments and results as ``reference_paths.single_tensor_alphaadam``.
 
-    ``workspace``: the optimizer's scratch buffers, kept across steps; the masks of pass 1
-    live in ``workspace["cpu_mask"]``, sized once to the largest need, so a steady-state
-    step allocates nothing large (a fresh 37 MB mask for GPT-2's embedding every step cost
-    page faults and made the step time bimodal).
+    ``workspace``: the optimizer's scratch buffers, kept across steps and sized once to the
+    largest need, so a steady-state step allocates nothing large (a fresh 37 MB mask for
+    GPT-2's embedding every step cost page faults and made the step time bimodal). Whole
+    tensors: pass 1 leaves ``phi * u`` of one tensor at a time in ``workspace["cpu_kept"]``
+    (the largest masked tensor's size in its state dtype: 154 MB for GPT-2 small's
+    embedding), which pass 2 reads instead of recomputing ``u`` from the moments. Local
+    shards: every tensor's pass-1 output must outlive the all-reduce, so pass 1 writes
+    1-byte masks, consecutive in ``workspace["cpu_mask"]``, and pass 2 recomputes ``u``.
     """
     ext = load_extension()
     params, grads, stats = bucket.params, bucket.grads, bucket.stats
@@ -139,11 +143,16 @@ def cpu_alphaadam(
         workspace = {}
     if bucket.reduce_sums is None or not cfg.active:
         # Whole tensors (or mask="none", which needs no sums): one call for everything; the
-        # tensors' masks take turns in one buffer.
-        largest = max((g.numel() for g in grads), default=0) if cfg.active else 0
+        # tensors' phi * u (and masks) take turns in one buffer.
+        largest = (
+            max((m.numel() * (m.element_size() + 1) for m in bucket.exp_avgs), default=0)
+            if cfg.active
+            else 0
+        )
         ext.step(
             params, grads, bucket.exp_avgs, bucket.exp_avg_sqs, bucket.steps, alphas,
-            densities, previous, _mask_buffer(workspace, largest), lr, beta1, beta2, eps,
+            densities, previous, _byte_buffer(workspace, "cpu_kept", largest), lr, beta1,
+            beta2, eps,
             weight_decay, bias_correction, maximize, mask_kind, alpha_kind,
             float(cfg.alpha_max), cfg.rescale,
         )  # fmt: skip
@@ -153,7 +162,9 @@ def cpu_alphaadam(
     # mask is alive between the passes: consecutive slices of one buffer.
     reuses = previous.gt(0).tolist() if previous.numel() else [False] * len(grads)
     sizes = [0 if reuse else g.numel() for g, reuse in zip(grads, reuses)]
-    masks = list(_mask_buffer(workspace, sum(sizes)).narrow(0, 0, sum(sizes)).split(sizes))
+    masks = list(
+        _byte_buffer(workspace, "cpu_mask", sum(sizes)).narrow(0, 0, sum(sizes)).split(sizes)
+    )
     sums = ext.moments_and_sums(
         params, grads, bucket.exp_avgs, bucket.exp_avg_sqs, bucket.steps, masks, previous,
         lr, beta1, beta2, eps, weight_decay, bias_correction, maximize, mask_kind,

@@ -1,11 +1,14 @@
 // The fused AlphaAdam step for CPU tensors: the two passes of docs/fused.md as plain loops
 // that the compiler vectorises (built on first use by alphaadam.optim.fused_cpu).
 //
-// Pass 1 reads g, m, v and writes m, v and a 1-byte agreement mask while it accumulates the
-// per-tensor sums ||u||^2, ||phi u||^2 and ||phi||_0; pass 2 recomputes u from the stored
-// moments and writes the parameter. Without sharding both passes of one tensor run back to
-// back (the tensor's mask is the only extra memory, and a small tensor is still in cache for
-// pass 2); with sharding, Python all-reduces the sums of every tensor between the passes.
+// Pass 1 reads g, m, v and writes m, v and the masked direction phi u while it accumulates
+// the per-tensor sums ||u||^2, ||phi u||^2 and ||phi||_0; pass 2 reads phi u back and writes
+// the parameter. Without sharding both passes of one tensor run back to back, and phi u goes
+// to a workspace of the largest tensor's size in the state dtype (pass 2 then reads 4 bytes
+// per element instead of m, v and a mask, 9 bytes, and computes no sqrt or division); a small
+// tensor is still in cache for pass 2. With sharding, Python all-reduces the sums of every
+// tensor between the passes, so every tensor's pass-1 output is alive at once: there pass 1
+// writes a 1-byte agreement mask and pass 2 recomputes u from the stored moments.
 //
 // One-pass AlphaAdam (one_pass=True, an extension): a tensor whose previous statistics are
 // usable (previous_scales[i] > 0) runs pass 1 only, writing the parameter with that previous
@@ -116,11 +119,15 @@ inline S lerp_momentum(S m, S g, const Consts<S>& c) {
 }
 
 // ---------------------------------------------------------------------------- pass 1
-// kApply (one-pass): write p = p * decay - step * phi u instead of the mask.
-template <typename P, typename S, int64_t kMask, bool kLerpFromM, bool kApply>
+// What pass 1 writes besides the moments: the agreement mask (for pass 2 to recompute u),
+// the masked direction phi u itself, or (one-pass) the parameter p * decay - step * phi u.
+enum Pass1Output : int { kWriteMask = 0, kWriteKept = 1, kWriteParam = 2 };
+
+template <typename P, typename S, int64_t kMask, bool kLerpFromM, int kOut>
 void moments_block(P* __restrict p, const P* __restrict g_in, S* __restrict m, S* __restrict v,
-                   uint8_t* __restrict mask, int64_t n, const Consts<S>& c, bool maximize,
-                   S decay, S step, double* __restrict sums) {
+                   uint8_t* __restrict mask, S* __restrict kept_out, int64_t n,
+                   const Consts<S>& c, bool maximize, S decay, S step,
+                   double* __restrict sums) {
   double total = 0, kept = 0;
   double count = 0;
   const S sign = maximize ? S(-1) : S(1);
@@ -137,10 +144,15 @@ void moments_block(P* __restrict p, const P* __restrict g_in, S* __restrict m, S
       m[i] = m_new;
       v[i] = v_new;
       const S u = (m_new * c.inv_bc1) / (std::sqrt(v_new) * c.inv_bc2 + c.eps);
-      if constexpr (kApply) {
+      if constexpr (kOut == kWriteParam) {
         p[i] = static_cast<P>(to_state(p[i]) * decay - step * (u * phi));
       } else {
+        // The mask is written in kWriteKept mode too, though pass 2 does not read it: its
+        // 1-byte store sets the loop's vector width (64 lanes with AVX-512), and so the order
+        // of the sums' partial additions. Without it phi u gets 16 lanes and alpha can differ
+        // in the last bit from the mask route's (the sharded path, and earlier versions).
         mask[i] = static_cast<uint8_t>(phi);
+        if constexpr (kOut == kWriteKept) kept_out[i] = u * phi;  // pass 2's product: same bits
       }
       const S uu = u * u;
       sub_total += uu;
@@ -169,6 +181,15 @@ void apply_block(P* __restrict p, const S* __restrict m, const S* __restrict v,
   }
 }
 
+// Pass 2 from pass 1's phi u (kWriteKept).
+template <typename P, typename S>
+void apply_kept_block(P* __restrict p, const S* __restrict kept, int64_t n, S decay, S step) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    p[i] = static_cast<P>(to_state(p[i]) * decay - step * kept[i]);
+  }
+}
+
 // mask="none": AdamW in one pass (no sums needed).
 template <typename P, typename S, bool kLerpFromM>
 void adamw_block(P* __restrict p, const P* __restrict g_in, S* __restrict m, S* __restrict v,
@@ -188,34 +209,36 @@ void adamw_block(P* __restrict p, const P* __restrict g_in, S* __restrict m, S* 
 }
 
 // ------------------------------------------------------------------ per-tensor drivers
-// Pass 1 of one tensor: the mask into `mask`, or with kApply the parameter update with
-// multiplier `step` (then `mask` is unused); the sums into out[0..2].
-template <typename P, typename S, bool kApply>
+// Pass 1 of one tensor; kOut says what it writes: the uint8 `mask` (kWriteMask), the mask and
+// phi u into `kept` (kWriteKept; a byte buffer of at least n * sizeof(S)), or the parameter
+// update with multiplier `step` (kWriteParam; neither buffer is used). Sums go to out[0..2].
+template <typename P, typename S, int kOut>
 void tensor_pass1(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& m,
-                  const at::Tensor& v, const at::Tensor& mask, const Consts<S>& c, const Hyper& h,
-                  S decay, S step, double* out) {
+                  const at::Tensor& v, const at::Tensor& mask, const at::Tensor& kept,
+                  const Consts<S>& c, const Hyper& h, S decay, S step, double* out) {
   const int64_t n = m.numel();
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   std::vector<double> partial(3 * std::max<int64_t>(blocks, 1), 0.0);
-  P* p_ptr = kApply ? param.data_ptr<P>() : nullptr;
+  P* p_ptr = kOut == kWriteParam ? param.data_ptr<P>() : nullptr;
   const P* g_ptr = grad.data_ptr<P>();
   S* m_ptr = m.data_ptr<S>();
   S* v_ptr = v.data_ptr<S>();
-  uint8_t* mask_ptr = kApply ? nullptr : mask.data_ptr<uint8_t>();
+  uint8_t* mask_ptr = kOut != kWriteParam ? mask.data_ptr<uint8_t>() : nullptr;
+  S* kept_ptr = kOut == kWriteKept ? reinterpret_cast<S*>(kept.data_ptr<uint8_t>()) : nullptr;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t lo = b * kBlock, len = std::min(kBlock, n - lo);
       const auto run = [&](auto kernel) {
-        kernel(kApply ? p_ptr + lo : nullptr, g_ptr + lo, m_ptr + lo, v_ptr + lo,
-               kApply ? nullptr : mask_ptr + lo, len, c, h.maximize, decay, step,
-               &partial[3 * b]);
+        kernel(p_ptr ? p_ptr + lo : nullptr, g_ptr + lo, m_ptr + lo, v_ptr + lo,
+               mask_ptr ? mask_ptr + lo : nullptr, kept_ptr ? kept_ptr + lo : nullptr, len, c,
+               h.maximize, decay, step, &partial[3 * b]);
       };
       if (h.mask == kMaskAsync) {
-        c.lerp_from_m ? run(moments_block<P, S, kMaskAsync, true, kApply>)
-                      : run(moments_block<P, S, kMaskAsync, false, kApply>);
+        c.lerp_from_m ? run(moments_block<P, S, kMaskAsync, true, kOut>)
+                      : run(moments_block<P, S, kMaskAsync, false, kOut>);
       } else {
-        c.lerp_from_m ? run(moments_block<P, S, kMaskSync, true, kApply>)
-                      : run(moments_block<P, S, kMaskSync, false, kApply>);
+        c.lerp_from_m ? run(moments_block<P, S, kMaskSync, true, kOut>)
+                      : run(moments_block<P, S, kMaskSync, false, kOut>);
       }
     }
   });
@@ -235,6 +258,17 @@ void tensor_pass2(const at::Tensor& param, const at::Tensor& m, const at::Tensor
   const uint8_t* mask_ptr = mask.data_ptr<uint8_t>();
   at::parallel_for(0, n, kBlock, [&](int64_t lo, int64_t hi) {
     apply_block<P, S>(p_ptr + lo, m_ptr + lo, v_ptr + lo, mask_ptr + lo, hi - lo, c, decay, step);
+  });
+}
+
+// Pass 2 from phi u in `kept_buf` (a byte buffer written by tensor_pass1<..., kWriteKept>).
+template <typename P, typename S>
+void tensor_pass2_kept(const at::Tensor& param, const at::Tensor& kept_buf, S decay, S step) {
+  const int64_t n = param.numel();
+  P* p_ptr = param.data_ptr<P>();
+  const S* kept_ptr = reinterpret_cast<const S*>(kept_buf.data_ptr<uint8_t>());
+  at::parallel_for(0, n, kBlock, [&](int64_t lo, int64_t hi) {
+    apply_kept_block<P, S>(p_ptr + lo, kept_ptr + lo, hi - lo, decay, step);
   });
 }
 
@@ -341,14 +375,15 @@ const double* previous_multipliers(const at::Tensor& previous_scales, size_t n) 
 
 // The whole step for unsharded tensors: each tensor's pass 1, coefficients and pass 2 in turn.
 // alphas/densities are the 0-d state tensors to receive alpha and the mask density (empty
-// lists for mask="none"); previous_scales: see previous_multipliers. mask_workspace: a uint8
-// buffer of at least the largest masked tensor's size, owned by the optimizer and reused
-// every step (the step allocates nothing large).
+// lists for mask="none"); previous_scales: see previous_multipliers. workspace: a uint8 buffer
+// of at least (sizeof(state element) + 1) bytes per element of the largest masked tensor,
+// phi u and then the mask of one tensor at a time, owned by the optimizer and reused every
+// step (the step allocates nothing large).
 void step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
           const std::vector<at::Tensor>& exp_avgs, const std::vector<at::Tensor>& exp_avg_sqs,
           const std::vector<at::Tensor>& steps, const std::vector<at::Tensor>& alphas,
           const std::vector<at::Tensor>& densities, const at::Tensor& previous_scales,
-          const at::Tensor& mask_workspace, double lr,
+          const at::Tensor& workspace, double lr,
           double beta1, double beta2, double eps, double weight_decay, bool bias_correction,
           bool maximize, int64_t mask, int64_t alpha, double alpha_max, bool rescale) {
   check_lists(params, grads, exp_avgs, exp_avg_sqs, steps);
@@ -358,9 +393,9 @@ void step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& 
                                       densities.size() == params.size()),
               "a masked step needs one alpha and one mask_density tensor per parameter");
   const double* previous = previous_multipliers(previous_scales, params.size());
-  TORCH_CHECK(mask_workspace.scalar_type() == at::kByte && mask_workspace.is_contiguous() &&
-                  mask_workspace.device().is_cpu(),
-              "mask_workspace must be a contiguous CPU uint8 tensor");
+  TORCH_CHECK(workspace.scalar_type() == at::kByte && workspace.is_contiguous() &&
+                  workspace.device().is_cpu(),
+              "workspace must be a contiguous CPU uint8 tensor");
   for (size_t i = 0; i < params.size(); ++i) {
     const double t = increment_step(steps[i]);
     const int64_t n = params[i].numel();
@@ -375,26 +410,29 @@ void step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& 
       double sums[3] = {0, 0, 0};
       if (previous != nullptr && previous[i] > 0) {  // one pass: the previous multiplier
         if (n > 0) {
-          tensor_pass1<P, S, true>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], at::Tensor(),
-                                   c, h, static_cast<S>(decay_factor(h)),
-                                   static_cast<S>(h.lr * previous[i]), sums);
+          tensor_pass1<P, S, kWriteParam>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i],
+                                          at::Tensor(), at::Tensor(), c, h,
+                                          static_cast<S>(decay_factor(h)),
+                                          static_cast<S>(h.lr * previous[i]), sums);
         }
         const auto k = coefficients(sums, static_cast<double>(n), h);
         write_scalar(alphas[i], k[2]);
         write_scalar(densities[i], k[3]);
         return;
       }
-      TORCH_CHECK(mask_workspace.numel() >= n, "mask_workspace holds ", mask_workspace.numel(),
-                  " bytes; params[", i, "] needs ", n);
-      const at::Tensor tensor_mask = mask_workspace.narrow(0, 0, n);
+      const int64_t kept_bytes = n * static_cast<int64_t>(sizeof(S));
+      TORCH_CHECK(workspace.numel() >= kept_bytes + n, "workspace holds ", workspace.numel(),
+                  " bytes; params[", i, "] needs ", kept_bytes + n);
+      const at::Tensor tensor_kept = workspace.narrow(0, 0, kept_bytes);
+      const at::Tensor tensor_mask = workspace.narrow(0, kept_bytes, n);
       if (n > 0) {
-        tensor_pass1<P, S, false>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], tensor_mask, c,
-                                  h, S(0), S(0), sums);
+        tensor_pass1<P, S, kWriteKept>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i],
+                                       tensor_mask, tensor_kept, c, h, S(0), S(0), sums);
       }
       const auto k = coefficients(sums, static_cast<double>(n), h);
       if (n > 0) {
-        tensor_pass2<P, S>(params[i], exp_avgs[i], exp_avg_sqs[i], tensor_mask, c,
-                           static_cast<S>(k[0]), static_cast<S>(k[1]));
+        tensor_pass2_kept<P, S>(params[i], tensor_kept, static_cast<S>(k[0]),
+                                static_cast<S>(k[1]));
       }
       write_scalar(alphas[i], k[2]);
       write_scalar(densities[i], k[3]);
@@ -436,12 +474,13 @@ at::Tensor moments_and_sums(const std::vector<at::Tensor>& params,
       using S = decltype(s_tag);
       const Consts<S> c = loop_consts<S>(h, t);
       if (reuse) {
-        tensor_pass1<P, S, true>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], masks[i], c, h,
-                                 static_cast<S>(decay_factor(h)),
-                                 static_cast<S>(h.lr * previous[i]), out + 3 * i);
+        tensor_pass1<P, S, kWriteParam>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i],
+                                        masks[i], at::Tensor(), c, h,
+                                        static_cast<S>(decay_factor(h)),
+                                        static_cast<S>(h.lr * previous[i]), out + 3 * i);
       } else {
-        tensor_pass1<P, S, false>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], masks[i], c,
-                                  h, S(0), S(0), out + 3 * i);
+        tensor_pass1<P, S, kWriteMask>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i],
+                                       masks[i], at::Tensor(), c, h, S(0), S(0), out + 3 * i);
       }
     });
   }
