@@ -21,6 +21,8 @@ older ``x_torch_*`` columns are ratios of medians (unpaired).
 Memory, measured once per variant on a steady-state (not the first) step:
 
 * ``state_mib``: the optimizer's persistent state (sum of its state tensors' bytes).
+* ``workspace_mib``: scratch buffers the optimizer keeps between steps outside its state
+  (AlphaAdam's ``_step_workspace``: the C++ step's phi*u and mask of the largest tensor).
 * ``step_peak_mib``: the peak of extra bytes live during one step, above the level at its
   start (temporaries: masks, denominators, updates). On CUDA this is
   ``torch.cuda.max_memory_allocated`` minus the bytes allocated before the step. On CPU it
@@ -207,6 +209,11 @@ def state_bytes(opt: Optimizer) -> int:
     )
 
 
+def workspace_bytes(opt: Optimizer) -> int:
+    workspace = opt.__dict__.get("_step_workspace", {})
+    return sum(v.numel() * v.element_size() for v in workspace.values())
+
+
 def step_peak_bytes(opt: Optimizer, device: torch.device) -> int:
     """Peak extra bytes live during one ``opt.step()`` (see the module docstring)."""
     if device.type == "cuda":
@@ -312,6 +319,7 @@ def run(args) -> dict:
             if name not in memory:
                 memory[name] = {
                     "state_mib": state_bytes(opt) / 2**20,
+                    "workspace_mib": workspace_bytes(opt) / 2**20,
                     "step_peak_mib": step_peak_bytes(opt, device) / 2**20,
                 }
             print(
@@ -403,8 +411,8 @@ def markdown(report: dict) -> str:
         "",
         "| variant | median ms/step | p90 ms | min–max ms "
         + (f"| × {pair}, paired: median | p90 | min–max " if pair else "")
-        + "| × torch foreach (medians) | state MiB | step peak MiB |",
-        "|---|---:|---:|---:|" + ("---:|---:|---:|" if pair else "") + "---:|---:|---:|",
+        + "| × torch foreach (medians) | state MiB | workspace MiB | step peak MiB |",
+        "|---|---:|---:|---:|" + ("---:|---:|---:|" if pair else "") + "---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         paired = ""
@@ -416,13 +424,15 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {r['variant']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} "
             f"| {r['min_ms']:.1f}–{r['max_ms']:.1f} {paired}| {_ratio(r['x_torch_foreach'])} "
-            f"| {r['state_mib']:.1f} | {r['step_peak_mib']:.1f} |"
+            f"| {r['state_mib']:.1f} | {r.get('workspace_mib', 0.0):.1f} "
+            f"| {r['step_peak_mib']:.1f} |"
         )
     lines += [
         "",
         "Paired: each timed step of a variant has a step of the baseline timed next to it "
         "(alternating which goes first); the ratio columns summarise those per-pair ratios. "
-        "state MiB: the optimizer's persistent state. step peak MiB: extra bytes live during "
+        "state MiB: the optimizer's persistent state. workspace MiB: buffers it keeps between "
+        "steps outside its state. step peak MiB: extra bytes live during "
         "one steady-state step (CUDA: max_memory_allocated; CPU: torch.profiler allocation "
         "events, see benchmarks/optimizer_step.py).",
     ]

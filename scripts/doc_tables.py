@@ -85,7 +85,7 @@ def step_time(root: Path, *paths: str) -> str:
         header += [f"ms/step, {_threads(rep)}", "× torch fused AdamW"]
         if _paired(rep):
             header.append("× at the 90th percentile")
-    header.append("extra memory in the step")
+    header.append("extra memory: kept buffers + step peak")
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     for variant in rows[0]:
         cells = [variant_label(variant)]
@@ -99,7 +99,8 @@ def step_time(root: Path, *paths: str) -> str:
             cells += [f"{r['median_ms']:.0f}", "—" if ratio is None else f"{ratio:.2f}"]
             if _paired(rep):
                 cells.append(f"{r['x_paired_p90']:.2f}")
-        cells.append(f"{rows[0][variant]['step_peak_mib']:.0f} MiB")
+        first = rows[0][variant]
+        cells.append(f"{first.get('workspace_mib', 0.0) + first['step_peak_mib']:.0f} MiB")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for path, rep in zip(paths, reports):

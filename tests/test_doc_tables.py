@@ -58,7 +58,7 @@ def test_step_time_table_from_two_reports(doc_tables, tmp_path):
     lines = doc_tables.render("step_time one.json two.json", tmp_path).splitlines()
     assert lines[:4] == [
         "| variant | ms/step, 1 thread | × torch fused AdamW | ms/step, 2 threads "
-        "| × torch fused AdamW | extra memory in the step |",
+        "| × torch fused AdamW | extra memory: kept buffers + step peak |",
         "|---|---:|---:|---:|---:|---:|",
         "| torch AdamW `fused=True` | 200 | 1.00 | 100 | 1.00 | 0 MiB |",
         "| AlphaAdam C++ (`fused=True` on CPU) | 333 | 1.67 | — | — | 37 MiB |",
@@ -75,16 +75,18 @@ def test_step_time_table_from_a_paired_report(doc_tables, tmp_path):
     report["results"][0].update(x_paired_median=1.0, x_paired_p90=1.0)
     report["results"].append(
         {"variant": "alphaadam_onepass_cpu", "median_ms": 152.4, "x_torch_fused": 1.016,
-         "x_paired_median": 1.02, "x_paired_p90": 1.04, "step_peak_mib": 0.0}
+         "x_paired_median": 1.02, "x_paired_p90": 1.04, "step_peak_mib": 0.5,
+         "workspace_mib": 183.9}
     )  # fmt: skip
     (tmp_path / "p.json").write_text(json.dumps(report))
     lines = doc_tables.render("step_time p.json", tmp_path).splitlines()
     assert lines[:4] == [
         "| variant | ms/step, 1 thread | × torch fused AdamW | × at the 90th percentile "
-        "| extra memory in the step |",
+        "| extra memory: kept buffers + step peak |",
         "|---|---:|---:|---:|---:|",
         "| torch AdamW `fused=True` | 150 | 1.00 | 1.00 | 0 MiB |",
-        "| AlphaAdam one-pass C++ (`one_pass=True, fused=True` on CPU) | 152 | 1.02 | 1.04 | 0 MiB |",
+        # kept buffers + step peak: 183.9 + 0.5 MiB
+        "| AlphaAdam one-pass C++ (`one_pass=True, fused=True` on CPU) | 152 | 1.02 | 1.04 | 184 MiB |",
     ]
     assert "each paired with a step of torch's fused AdamW" in lines[-1]
 
