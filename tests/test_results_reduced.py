@@ -199,3 +199,13 @@ def test_write_tables_writes_each_part_on_its_own_too(reduced_glue_root: Path, t
     whole = (out / "reduced_table1.md").read_text()
     paired = (out / "reduced_table1_paired.md").read_text().replace("### ", "#### ", 1)
     assert paired in whole
+
+
+def test_a_method_the_paper_does_not_list_is_labelled_as_an_extension(reduced_glue_root: Path):
+    _reduced_glue(reduced_glue_root, "s/o1", "stsb", "pearson", 0.81, "alphaadam_onepass", 1e-4,
+                  1, 2.2)  # fmt: skip
+    reduced = build_table1(
+        load_runs(reduced_glue_root), load_paper(PAPER), experiment="reduced_table1"
+    )
+    label = "AlphaAdam one-pass (extension, not in the paper)"
+    assert row_after(reduced, label, "reduced")[2] == "81.00"
