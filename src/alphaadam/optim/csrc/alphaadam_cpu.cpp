@@ -36,8 +36,11 @@
 
 namespace {
 
-constexpr int64_t kBlock = 1 << 16;  // elements per parallel task and per partial sum
+constexpr int64_t kBlock = 1 << 16;  // elements per partial sum (double)
 constexpr int64_t kSub = 1024;       // float accumulators stay exact enough over this many
+// Elements per parallel task, at least: small enough that a tensor of 2^15 elements (GPT-2
+// at CPU sizes has many) is split across two threads, as torch's fused AdamW splits it.
+constexpr int64_t kGrain = 1 << 14;
 
 enum MaskKind : int64_t { kMaskNone = 0, kMaskAsync = 1, kMaskSync = 2 };
 enum AlphaKind : int64_t { kAlphaNone = 0, kAlphaRatio = 1, kAlphaSqrtRatio = 2 };
@@ -217,21 +220,24 @@ void tensor_pass1(const at::Tensor& param, const at::Tensor& grad, const at::Ten
                   const at::Tensor& v, const at::Tensor& mask, const at::Tensor& kept,
                   const Consts<S>& c, const Hyper& h, S decay, S step, double* out) {
   const int64_t n = m.numel();
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-  std::vector<double> partial(3 * std::max<int64_t>(blocks, 1), 0.0);
+  // Each sub-block of kSub elements is summed on its own (in parallel), and the sub-block sums
+  // are then added in double in a fixed order, per kBlock block and then over the blocks: the
+  // same additions in the same order as one sequential pass, whatever the thread count.
+  const int64_t subs = (n + kSub - 1) / kSub;
+  std::vector<double> partial(3 * std::max<int64_t>(subs, 1), 0.0);
   P* p_ptr = kOut == kWriteParam ? param.data_ptr<P>() : nullptr;
   const P* g_ptr = grad.data_ptr<P>();
   S* m_ptr = m.data_ptr<S>();
   S* v_ptr = v.data_ptr<S>();
   uint8_t* mask_ptr = kOut != kWriteParam ? mask.data_ptr<uint8_t>() : nullptr;
   S* kept_ptr = kOut == kWriteKept ? reinterpret_cast<S*>(kept.data_ptr<uint8_t>()) : nullptr;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t lo = b * kBlock, len = std::min(kBlock, n - lo);
+  at::parallel_for(0, subs, kGrain / kSub, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t lo = j * kSub, len = std::min(kSub, n - lo);
       const auto run = [&](auto kernel) {
         kernel(p_ptr ? p_ptr + lo : nullptr, g_ptr + lo, m_ptr + lo, v_ptr + lo,
                mask_ptr ? mask_ptr + lo : nullptr, kept_ptr ? kept_ptr + lo : nullptr, len, c,
-               h.maximize, decay, step, &partial[3 * b]);
+               h.maximize, decay, step, &partial[3 * j]);
       };
       if (h.mask == kMaskAsync) {
         c.lerp_from_m ? run(moments_block<P, S, kMaskAsync, true, kOut>)
@@ -243,8 +249,13 @@ void tensor_pass1(const at::Tensor& param, const at::Tensor& grad, const at::Ten
     }
   });
   out[0] = out[1] = out[2] = 0.0;
-  for (int64_t b = 0; b < blocks; ++b) {
-    for (int k = 0; k < 3; ++k) out[k] += partial[3 * b + k];
+  constexpr int64_t kSubsPerBlock = kBlock / kSub;
+  for (int64_t first = 0; first < subs; first += kSubsPerBlock) {
+    double block[3] = {0.0, 0.0, 0.0};
+    for (int64_t j = first; j < std::min(subs, first + kSubsPerBlock); ++j) {
+      for (int k = 0; k < 3; ++k) block[k] += partial[3 * j + k];
+    }
+    for (int k = 0; k < 3; ++k) out[k] += block[k];
   }
 }
 
@@ -256,7 +267,7 @@ void tensor_pass2(const at::Tensor& param, const at::Tensor& m, const at::Tensor
   const S* m_ptr = m.data_ptr<S>();
   const S* v_ptr = v.data_ptr<S>();
   const uint8_t* mask_ptr = mask.data_ptr<uint8_t>();
-  at::parallel_for(0, n, kBlock, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
     apply_block<P, S>(p_ptr + lo, m_ptr + lo, v_ptr + lo, mask_ptr + lo, hi - lo, c, decay, step);
   });
 }
@@ -267,7 +278,7 @@ void tensor_pass2_kept(const at::Tensor& param, const at::Tensor& kept_buf, S de
   const int64_t n = param.numel();
   P* p_ptr = param.data_ptr<P>();
   const S* kept_ptr = reinterpret_cast<const S*>(kept_buf.data_ptr<uint8_t>());
-  at::parallel_for(0, n, kBlock, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
     apply_kept_block<P, S>(p_ptr + lo, kept_ptr + lo, hi - lo, decay, step);
   });
 }
@@ -282,7 +293,7 @@ void tensor_adamw(const at::Tensor& param, const at::Tensor& grad, const at::Ten
   S* v_ptr = v.data_ptr<S>();
   const S decay = static_cast<S>(decay_factor(h));
   const S lr = static_cast<S>(h.lr);
-  at::parallel_for(0, n, kBlock, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, n, kGrain, [&](int64_t lo, int64_t hi) {
     const auto kernel = c.lerp_from_m ? adamw_block<P, S, true> : adamw_block<P, S, false>;
     kernel(p_ptr + lo, g_ptr + lo, m_ptr + lo, v_ptr + lo, hi - lo, c, h.maximize, decay, lr);
   });
