@@ -127,10 +127,25 @@ def test_paired_differences_and_grid(reduced_glue_root: Path):
     ]
     grid = next(p for p in reduced.parts if p.name.endswith("_grid"))
     assert grid.header == ["Task", "Method", "3e-5", "1e-4", "3e-4"]
-    assert ["STS-B", "AdamW", "", "82.00 (2) *", "70.00 (1)"] in grid.rows
+    # AdamW's chosen 1e-4 is the smallest lr it tried: flagged (its optimum may be lower).
+    # AlphaAdam tried one lr only: nothing to flag.
+    assert ["STS-B", "AdamW", "", "82.00 (2) *†", "70.00 (1)"] in grid.rows
     assert ["STS-B", "AlphaAdam", "84.50 (2) *", "", ""] in grid.rows
+    assert any(note.startswith("† the chosen lr is the smallest or largest") for note in grid.notes)
+    assert "82.00 (2) *\\dag{}" in grid.to_latex()
     text = reduced.to_markdown()
     assert "#### Paired difference from AdamW" in text and "#### Every lr of the grid" in text
+
+
+def test_grid_flags_no_edge_when_the_chosen_lr_is_inside(tmp_path: Path):
+    # 1e-4 (0.80) beats both neighbours 3e-5 (0.60) and 3e-4 (0.70): an interior choice.
+    for name, value, lr in (("a", 0.60, 3e-5), ("b", 0.80, 1e-4), ("c", 0.70, 3e-4)):
+        _reduced_glue(tmp_path, name, "stsb", "pearson", value, "adamw", lr, 1, None)
+    reduced = build_table1(load_runs(tmp_path), load_paper(PAPER), experiment="reduced_table1")
+    grid = next(p for p in reduced.parts if p.name.endswith("_grid"))
+    assert grid.rows == [["STS-B", "AdamW", "60.00 (1)", "80.00 (1) *", "70.00 (1)"]]
+    assert not any("†" in note for note in grid.notes)
+    assert "\\dag" not in grid.to_latex()
 
 
 # -------------------------------------------------------------------- Table 2 scorers

@@ -155,7 +155,7 @@ def _latex_escape(text: str) -> str:
         ("#", "\\#"),
     ):
         out = out.replace(old, new)
-    return out.replace("±", "$\\pm$").replace("—", "---")
+    return out.replace("±", "$\\pm$").replace("—", "---").replace("†", "\\dag{}")
 
 
 def load_paper(path: str | Path) -> dict[str, Any]:
@@ -265,6 +265,14 @@ def format_paired(cell: Cell | None, digits: int) -> str:
     return text
 
 
+EDGE_MARK = "†"
+EDGE_NOTE = (
+    f"{EDGE_MARK} the chosen lr is the smallest or largest lr tried for its row: the optimum may "
+    "lie beyond the grid (the study widens a grid only up to its max_widenings; lrs that tie "
+    "go to the smaller one)."
+)
+
+
 def _grid_rows(
     records: list[dict[str, Any]],
     chosen: dict[tuple, tuple[float, pd.DataFrame]],
@@ -273,14 +281,20 @@ def _grid_rows(
     digits: int,
 ) -> tuple[list[str], list[list[str]]]:
     """The whole lr grid: per group, each lr's mean over all its seeds (seed count), the
-    chosen lr marked with *."""
+    chosen lr marked with *, and with a dagger when it is the smallest or largest lr its group
+    tried; then the notes (the dagger's meaning, when one is shown)."""
     frame = pd.DataFrame(records)
     lrs = sorted(frame["lr"].unique())
     header = [*["" for _ in group], *[format_lr(lr) for lr in lrs]]
     rows = []
+    any_edge = False
     for key, sub in frame.groupby(group, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         chosen_lr = chosen.get(key, (None, None))[0]
+        tried = sorted(sub["lr"].unique())
+        at_edge = len(tried) > 1 and chosen_lr in (tried[0], tried[-1])
+        any_edge = any_edge or at_edge
+        mark = " *" + (EDGE_MARK if at_edge else "")
         cells = []
         for lr in lrs:
             values = sub[sub["lr"] == lr]["value"].dropna().tolist()
@@ -290,9 +304,9 @@ def _grid_rows(
             text = (
                 f"{sum(values) / len(values):.{digits}f} ({len(values)})" if values else "diverged"
             )
-            cells.append(text + (" *" if lr == chosen_lr else ""))
+            cells.append(text + (mark if lr == chosen_lr else ""))
         rows.append([*label_of(key), *cells])
-    return header, rows
+    return header, rows, [EDGE_NOTE] if any_edge else []
 
 
 # --- experiments ----------------------------------------------------------------------
@@ -502,7 +516,7 @@ def build_table1(
                     ["positive = better than AdamW; mean ± sd over seeds with the 95% t interval."],
                 )
             )
-        grid_header, grid_rows = _grid_rows(
+        grid_header, grid_rows, grid_notes = _grid_rows(
             records,
             chosen,
             ["task", "optimizer"],
@@ -515,6 +529,7 @@ def build_table1(
                 "Every lr of the grid: mean over its seeds (seed count); * = chosen",
                 ["Task", "Method", *grid_header[2:]],
                 grid_rows,
+                grid_notes,
             )
         )
     return table
@@ -728,7 +743,7 @@ def build_table2(
                 )
             )
     if grid_source:
-        grid_header, grid_rows = _grid_rows(
+        grid_header, grid_rows, grid_notes = _grid_rows(
             grid_source,
             chosen,
             ["optimizer"],
@@ -741,6 +756,7 @@ def build_table2(
                 "Every lr of the grid: mean over its seeds (seed count); * = chosen",
                 ["Method", *grid_header[1:]],
                 grid_rows,
+                grid_notes,
             )
         )
     return table
@@ -871,7 +887,7 @@ def build_table3(runs: RunSet, paper: dict[str, Any], experiment: str = "ablatio
                     ["negative = lower validation loss than AdamW."],
                 )
             )
-        grid_header, grid_rows = _grid_rows(
+        grid_header, grid_rows, grid_notes = _grid_rows(
             records, chosen, ["optimizer"], lambda key: [_label(spec["rows"], key[0])], 3
         )
         table.parts.append(
@@ -881,6 +897,7 @@ def build_table3(runs: RunSet, paper: dict[str, Any], experiment: str = "ablatio
                 "* = chosen",
                 ["Method", *grid_header[1:]],
                 grid_rows,
+                grid_notes,
             )
         )
     return table
