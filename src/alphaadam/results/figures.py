@@ -26,6 +26,7 @@ from matplotlib import ticker  # noqa: E402
 
 from .runs import Run, RunSet  # noqa: E402
 from .selection import choose_lr  # noqa: E402
+from .tables import format_lr  # noqa: E402
 
 ALPHA_MAX = 2.0  # the paper's clip (Appendix F.4), drawn as a reference line
 LOG_SCALE_RATIO = 4.0  # loss max/min from which the y axis is logarithmic
@@ -258,6 +259,11 @@ def figure_lr_sensitivity(
                     [best_lr], [means[best_lr]], facecolors="none", edgecolors=color, s=90, lw=1.5
                 )
         ax.set_xscale("log")
+        # Label the lrs that were tried: a panel spanning less than a decade would otherwise
+        # print crowded minor labels, or none at all.
+        tried = sorted({r.lr for r in panel_runs})
+        ax.set_xticks(tried, [format_lr(lr) for lr in tried], fontsize=7)
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("learning rate")
         ax.set_ylabel(_value_label(panel_runs[0]))
         ax.set_title(panel)
