@@ -167,7 +167,24 @@ def test_refine_adds_the_midpoints_around_the_chosen_lr_then_chooses_again(tmp_p
     assert sorted(j.lr for j in state.waiting) == [0.002, 0.008]
     _complete(study.run_dir("adamw", None, 0.002, 1), 2.2)
     _complete(study.run_dir("adamw", None, 0.008, 1), 1.9)
-    # 0.008 wins now; no second refinement; seed 2 runs there.
+    # 0.008 wins now; no second refinement; seed 2 runs there, and at 0.004, the unrefined
+    # grid's choice, because the move to 0.008 rests on seed 1 alone.
     state = group_state(study, "adamw", None)
     assert state.grid_final and state.choice.lr == 0.008
-    assert [(j.lr, j.seed) for j in state.waiting] == [(0.008, 2)]
+    assert [(j.lr, j.seed) for j in state.waiting] == [(0.008, 2), (0.004, 2)]
+
+
+def test_refine_that_keeps_the_choice_runs_seeds_at_that_lr_only(tmp_path: Path):
+    study = _study(
+        tmp_path,
+        "[0.001,0.004,0.016]",
+        "study.seeds=[1,2]",
+        "study.max_widenings=0",
+        "study.refine=true",
+    )
+    for lr, loss in ((0.001, 3.0), (0.004, 2.0), (0.016, 2.5), (0.002, 2.2), (0.008, 2.1)):
+        _complete(study.run_dir("adamw", None, lr, 1), loss)
+    state = group_state(study, "adamw", None)
+    # 0.004 (2.0) still beats its midpoints 0.002 (2.2) and 0.008 (2.1).
+    assert state.grid_final and state.choice.lr == 0.004
+    assert [(j.lr, j.seed) for j in state.waiting] == [(0.004, 2)]

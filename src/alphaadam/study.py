@@ -9,7 +9,10 @@ runs in two stages per method (and per GLUE task):
    ``max_widenings`` times, so that the chosen lr is inside the range that was tried. With
    ``refine: true``, the geometric midpoints between the chosen lr and its grid neighbours are
    run too, and the lr chosen again.
-2. **seeds**: every seed of ``seeds`` at the chosen lr.
+2. **seeds**: every seed of ``seeds`` at the chosen lr. When refinement moved the choice, the
+   seeds also run at the lr the unrefined grid chose: the move rests on one seed, and the
+   other seeds show whether it holds up (both lrs then appear in the tables' grid with all
+   their seeds; the choice itself stays on equal seed counts).
 
 The lr is chosen by :func:`alphaadam.results.selection.choose_lr`, the rule ``make tables``
 uses. Every job is a ``train.py`` run with a fixed run directory (``trainer.run_dir`` from the
@@ -190,6 +193,7 @@ class GroupState:
     grid: list[float]
     widenings: int = 0
     refined: bool = False
+    unrefined_lr: float | None = None  # the choice before refinement added its midpoints
     choice: LrChoice | None = None
     grid_final: bool = False
     jobs: list[Job] = field(default_factory=list)  # every job known so far
@@ -225,6 +229,7 @@ def group_state(study: Study, method: str, task: str | None) -> GroupState:
             # neighbours, so a coarse (x2) grid cannot decide a comparison by where its
             # points happen to fall relative to each method's optimum.
             state.refined = True
+            state.unrefined_lr = choice.lr
             added = [lr for lr in refined(state.grid, choice.lr) if lr not in state.grid]
             if added:
                 state.grid = sorted(state.grid + added)
@@ -232,8 +237,12 @@ def group_state(study: Study, method: str, task: str | None) -> GroupState:
         state.grid_final = True
         seed_jobs = []
         if choice is not None:
+            seed_lrs = [choice.lr]
+            if state.unrefined_lr is not None and state.unrefined_lr != choice.lr:
+                seed_lrs.append(state.unrefined_lr)
             seed_jobs = [
-                study.job(method, task, choice.lr, int(s), "seeds")
+                study.job(method, task, lr, int(s), "seeds")
+                for lr in seed_lrs
                 for s in spec.seeds
                 if int(s) != seed
             ]
@@ -296,7 +305,8 @@ def describe_plan(studies: list[Study], jobs: int) -> str:
         tasks = f" x {len(study.tasks)} tasks ({', '.join(study.tasks)})" if spec.tasks else ""
         lines.append(
             f"{study.sweep}: {len(study.methods)} methods ({', '.join(study.methods)}){tasks}; "
-            f"grid at seed {spec.grid_seed}, then seeds {list(spec.seeds)} at each chosen lr: "
+            f"grid at seed {spec.grid_seed}, then seeds {list(spec.seeds)} at each chosen lr"
+            f"{' (and at the unrefined choice if refinement moved it)' if spec.get('refine') else ''}: "
             f"{planned} runs, {planned - to_run} done, {to_run} to run (~{minutes:.0f} min of "
             f"one core)"
         )
