@@ -43,3 +43,27 @@ def test_committed_tables_are_make_tables_output_of_the_committed_runs(tmp_path)
     assert written == sorted(Path(t).name for t in tables)
     for name in tables:
         assert (out / Path(name).name).read_bytes() == (REPO / name).read_bytes(), name
+
+
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="reads the committed files with git")
+def test_the_study_plan_is_exactly_the_committed_runs(tmp_path):
+    """``make reproduce-small`` from a fresh clone plans the committed run set, no more (a run
+    the tables show but the study would not make) and no less (nothing left to run)."""
+    from alphaadam.study import STUDY_SWEEPS, Study, group_state
+
+    summaries = [n for n in _tracked("results/reduced/") if n.endswith("/summary.json")]
+    assert summaries, "no committed study runs under results/reduced/"
+    for name in summaries:
+        target = tmp_path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO / name, target)
+    root = tmp_path / "results" / "reduced"
+    for sweep in STUDY_SWEEPS:
+        study = Study.load(sweep, extra=[f"study.root={root}"])
+        planned = set()
+        for method, task in study.groups():
+            state = group_state(study, method, task)
+            assert state.grid_final and not state.waiting, (sweep, method, task, state.waiting)
+            planned |= {job.run_dir for job in state.jobs}
+        committed = {p.parent for p in (root / sweep).rglob("summary.json")}
+        assert planned == committed, (sweep, sorted(planned ^ committed))
