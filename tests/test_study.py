@@ -151,14 +151,19 @@ def test_cli_dry_run_prints_the_plan(tmp_path: Path):
     assert "reduced_table3: 5 methods" in out and "Estimated wall time" in out
 
 
-def test_refine_adds_the_midpoints_around_the_chosen_lr_then_chooses_again(tmp_path: Path):
-    study = _study(
+def _refining_study(tmp_path: Path):
+    """Grid 1e-3, 4e-3, 1.6e-2 at seed 1, refined once, then seed 2; no widening."""
+    return _study(
         tmp_path,
         "[0.001,0.004,0.016]",
         "study.seeds=[1,2]",
         "study.max_widenings=0",
         "study.refine=true",
     )
+
+
+def test_refine_adds_the_midpoints_around_the_chosen_lr_then_chooses_again(tmp_path: Path):
+    study = _refining_study(tmp_path)
     for lr, loss in ((0.001, 3.0), (0.004, 2.0), (0.016, 2.5)):
         _complete(study.run_dir("adamw", None, lr, 1), loss)
     state = group_state(study, "adamw", None)
@@ -175,13 +180,7 @@ def test_refine_adds_the_midpoints_around_the_chosen_lr_then_chooses_again(tmp_p
 
 
 def test_refine_that_keeps_the_choice_runs_seeds_at_that_lr_only(tmp_path: Path):
-    study = _study(
-        tmp_path,
-        "[0.001,0.004,0.016]",
-        "study.seeds=[1,2]",
-        "study.max_widenings=0",
-        "study.refine=true",
-    )
+    study = _refining_study(tmp_path)
     for lr, loss in ((0.001, 3.0), (0.004, 2.0), (0.016, 2.5), (0.002, 2.2), (0.008, 2.1)):
         _complete(study.run_dir("adamw", None, lr, 1), loss)
     state = group_state(study, "adamw", None)

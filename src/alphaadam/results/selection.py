@@ -32,13 +32,20 @@ class LrChoice:
     def at_edge(self) -> str | None:
         """``"low"``/``"high"`` when the chosen lr is the grid's smallest/largest (and the
         grid has more than one lr), else ``None``."""
-        if len(self.grid) < 2:
-            return None
-        if self.lr == self.grid[0]:
-            return "low"
-        if self.lr == self.grid[-1]:
-            return "high"
+        return edge_of(self.lr, self.grid)
+
+
+def edge_of(lr: float, grid: Iterable[float]) -> str | None:
+    """``"low"``/``"high"`` when ``lr`` is the smallest/largest of ``grid`` (and the grid has
+    more than one lr), else ``None``."""
+    tried = sorted(set(grid))
+    if len(tried) < 2:
         return None
+    if lr == tried[0]:
+        return "low"
+    if lr == tried[-1]:
+        return "high"
+    return None
 
 
 def choose_lr(records: Iterable[tuple[float, int, float]], mode: str) -> LrChoice | None:

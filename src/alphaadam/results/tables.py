@@ -37,7 +37,7 @@ import pandas as pd
 import yaml
 
 from .runs import Problem, Run, RunSet
-from .selection import choose_lr
+from .selection import choose_lr, edge_of
 
 MISSING = "—"
 # Methods a table shows that the paper's tables do not list (results/paper/tables.yaml names
@@ -279,7 +279,7 @@ def _grid_rows(
     group: list[str],
     label_of: Any,
     digits: int,
-) -> tuple[list[str], list[list[str]]]:
+) -> tuple[list[str], list[list[str]], list[str]]:
     """The whole lr grid: per group, each lr's mean over all its seeds (seed count), the
     chosen lr marked with *, and with a dagger when it is the smallest or largest lr its group
     tried; then the notes (the dagger's meaning, when one is shown)."""
@@ -291,8 +291,7 @@ def _grid_rows(
     for key, sub in frame.groupby(group, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         chosen_lr = chosen.get(key, (None, None))[0]
-        tried = sorted(sub["lr"].unique())
-        at_edge = len(tried) > 1 and chosen_lr in (tried[0], tried[-1])
+        at_edge = edge_of(chosen_lr, sub["lr"]) is not None
         any_edge = any_edge or at_edge
         mark = " *" + (EDGE_MARK if at_edge else "")
         cells = []
