@@ -192,7 +192,6 @@ class GroupState:
     task: str | None
     grid: list[float]
     widenings: int = 0
-    refined: bool = False
     unrefined_lr: float | None = None  # the choice before refinement added its midpoints
     choice: LrChoice | None = None
     grid_final: bool = False
@@ -224,12 +223,11 @@ def group_state(study: Study, method: str, task: str | None) -> GroupState:
             state.grid.sort()
             state.widenings += 1
             continue
-        if choice is not None and spec.get("refine", False) and not state.refined:
+        if choice is not None and spec.get("refine", False) and state.unrefined_lr is None:
             # One finer level around the chosen lr: the geometric midpoints to its grid
             # neighbours, so a coarse (x2) grid cannot decide a comparison by where its
             # points happen to fall relative to each method's optimum.
-            state.refined = True
-            state.unrefined_lr = choice.lr
+            state.unrefined_lr = choice.lr  # also marks the group as refined (once only)
             added = [lr for lr in refined(state.grid, choice.lr) if lr not in state.grid]
             if added:
                 state.grid = sorted(state.grid + added)
