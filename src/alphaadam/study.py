@@ -48,7 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 from .results.selection import LrChoice, choose_lr
 
 REPO = Path(__file__).resolve().parents[2]
-STUDY_SWEEPS = ("reduced_table3", "reduced_table1", "reduced_table2")
+STUDY_SWEEPS = ("reduced_table3", "reduced_table1", "reduced_table2", "reduced_scaling")
 
 
 def format_lr(lr: float) -> str:
@@ -56,18 +56,72 @@ def format_lr(lr: float) -> str:
     return repr(float(lr))
 
 
-def widened(lr: float, factor: float, edge: str) -> float:
-    """The next lr beyond ``edge`` of a grid, rounded to 3 significant digits."""
-    value = lr / factor if edge == "low" else lr * factor
+def _three_digits(value: float) -> float:
     return float(f"{value:.3g}")
 
 
-def refined(grid: list[float], lr: float) -> list[float]:
-    """The geometric midpoints between ``lr`` and its neighbours in ``grid`` (3 digits)."""
+@dataclass(frozen=True)
+class Lattice:
+    """The lrs ``base * 2**(k / steps_per_octave)`` (3 significant digits) for integer ``k``.
+
+    A study with ``study.lattice`` keeps every method's lrs on it (widening and refinement
+    move by whole lattice steps), so that methods share grid points: each has run the others'
+    chosen lrs or can, and a "shared lr" comparison needs no lr that only one method tried.
+    Computing each lr from its index, not from the previous lr, keeps repeated steps from
+    drifting off the lattice by rounding.
+    """
+
+    base: float = 1e-3
+    steps_per_octave: int = 2
+
+    def lr(self, k: int) -> float:
+        return _three_digits(self.base * 2.0 ** (k / self.steps_per_octave))
+
+    def index(self, lr: float) -> int:
+        k = round(self.steps_per_octave * math.log2(lr / self.base))
+        if not math.isclose(self.lr(k), lr, rel_tol=1e-9):
+            raise ValueError(
+                f"lr {lr!r} is not on the study's lattice {self.base!r} x 2^(k/"
+                f"{self.steps_per_octave}); the nearest lattice lrs are {self.lr(k - 1)!r}, "
+                f"{self.lr(k)!r} and {self.lr(k + 1)!r}"
+            )
+        return k
+
+    def steps(self, factor: float) -> int:
+        """The whole number of lattice steps that multiply an lr by ``factor``."""
+        n = self.steps_per_octave * math.log2(factor)
+        if n < 1 or not math.isclose(n, round(n), abs_tol=1e-9):
+            raise ValueError(
+                f"study.widen_factor={factor!r} is not a whole number of lattice steps "
+                f"(2^(1/{self.steps_per_octave}) each)"
+            )
+        return round(n)
+
+    def shifted(self, lr: float, steps: int) -> float:
+        return self.lr(self.index(lr) + steps)
+
+
+def widened(lr: float, factor: float, edge: str, lattice: Lattice | None = None) -> float:
+    """The next lr beyond ``edge`` of a grid: ``lr`` times or divided by ``factor``, rounded
+    to 3 significant digits (on the lattice, ``factor``'s whole number of lattice steps)."""
+    if lattice is not None:
+        steps = lattice.steps(factor)
+        return lattice.shifted(lr, -steps if edge == "low" else steps)
+    value = lr / factor if edge == "low" else lr * factor
+    return _three_digits(value)
+
+
+def refined(grid: list[float], lr: float, lattice: Lattice | None = None) -> list[float]:
+    """The geometric midpoints between ``lr`` and its neighbours in ``grid`` (3 digits; on
+    the lattice, the lattice point halfway, where there is one)."""
     ordered = sorted(grid)
     i = ordered.index(lr)
     neighbours = ordered[max(i - 1, 0) : i] + ordered[i + 1 : i + 2]
-    return [float(f"{math.sqrt(lr * n):.3g}") for n in neighbours]
+    if lattice is None:
+        return [_three_digits(math.sqrt(lr * n)) for n in neighbours]
+    k = lattice.index(lr)
+    halves = [(k + lattice.index(n)) / 2 for n in neighbours]
+    return [lattice.lr(int(h)) for h in halves if h == int(h) and int(h) != k]
 
 
 @dataclass(frozen=True)
@@ -77,7 +131,7 @@ class Job:
     task: str | None
     lr: float
     seed: int
-    stage: str  # "grid" | "seeds"
+    stage: str  # "grid" | "seeds" | "shared" (every seed at the shared_lr_from method's lr)
     run_dir: Path
     overrides: tuple[str, ...]
 
@@ -115,7 +169,47 @@ class Study:
 
     @property
     def tasks(self) -> list[str | None]:
+        """The study's groups besides the method: GLUE tasks (``study.tasks``), or named
+        points of a sweep over settings (``study.points``), or one unnamed group."""
+        if self.spec.get("points"):
+            return list(self.spec.points)
         return list(self.spec.tasks) if self.spec.tasks else [None]
+
+    @property
+    def lattice(self) -> Lattice | None:
+        spec = self.spec.get("lattice")
+        return None if spec is None else Lattice(float(spec.base), int(spec.steps_per_octave))
+
+    @property
+    def shared_lr_from(self) -> str | None:
+        """The method whose chosen lr every other method also runs with every seed (the
+        paper's protocol, one lr for all, beside the tuned comparison), or ``None``."""
+        return self.spec.get("shared_lr_from")
+
+    def task_overrides(self, task: str | None) -> list[str]:
+        if task is None:
+            return []
+        if self.spec.get("points"):
+            return list(self.spec.points[task].overrides)
+        return [f"data.task={task}"]
+
+    def seeds_for(self, task: str | None) -> list[int]:
+        """``study.seeds``, or the point's own ``seeds`` where it sets them."""
+        if self.spec.get("points") and self.spec.points[task].get("seeds") is not None:
+            return [int(s) for s in self.spec.points[task].seeds]
+        return [int(s) for s in self.spec.seeds]
+
+    def start_grid(self, method: str, task: str | None) -> list[float]:
+        """The method's ``lrs``, moved by the point's ``lr_shift`` lattice steps (the expected
+        optimum moves with the point's setting; widening corrects a wrong guess)."""
+        grid = [float(lr) for lr in self.spec.methods[method].lrs]
+        shift = int(self.spec.points[task].get("lr_shift", 0)) if self.spec.get("points") else 0
+        lattice = self.lattice
+        if lattice is not None:
+            grid = [lattice.shifted(lr, shift) for lr in grid]  # also checks they are on it
+        elif shift:
+            raise ValueError("a point's lr_shift needs study.lattice")
+        return grid
 
     @property
     def methods(self) -> list[str]:
@@ -129,6 +223,8 @@ class Study:
         return float(value[task] if isinstance(value, DictConfig) else value)
 
     def run_dir(self, method: str, task: str | None, lr: float, seed: int) -> Path:
+        if self.spec.get("points"):
+            return self._point_run_dir(method, task, lr, seed)
         # The sweep's own trainer.run_dir template, resolved by OmegaConf as the job will.
         node = OmegaConf.create(
             {
@@ -143,13 +239,40 @@ class Study:
         path = Path(node.run_dir)
         return path if path.is_absolute() else self.repo / path
 
+    def _point_cfg(self, task: str) -> DictConfig:
+        """The composed config of one point (cached): its run directories are named by what
+        the point sets (model width, steps), which only the whole config resolves."""
+        cache = self.__dict__.setdefault("_point_cfgs", {})
+        if task not in cache:
+            from hydra import compose, initialize_config_dir
+
+            with initialize_config_dir(str(self.repo / "configs"), version_base="1.3"):
+                cfg = compose(
+                    "config",
+                    overrides=[f"+sweep={self.sweep}", *self.task_overrides(task), *self.extra],
+                )
+            if cfg.get("point") != task:
+                raise ValueError(
+                    f"configs/sweep/{self.sweep}.yaml: point {task!r} composes to point="
+                    f"{cfg.get('point')!r}; name it by what its overrides set"
+                )
+            cache[task] = cfg
+        return cache[task]
+
+    def _point_run_dir(self, method: str, task: str, lr: float, seed: int) -> Path:
+        cfg = self._point_cfg(task).copy()
+        OmegaConf.set_struct(cfg, False)
+        cfg.optimizer.name, cfg.optimizer.lr, cfg.seed = method, float(lr), int(seed)
+        path = Path(cfg.trainer.run_dir)
+        return path if path.is_absolute() else self.repo / path
+
     def job(self, method: str, task: str | None, lr: float, seed: int, stage: str) -> Job:
         overrides = [
             f"+sweep={self.sweep}",
             f"optimizer={method}",
             f"optimizer.lr={format_lr(lr)}",
             f"seed={seed}",
-            *([f"data.task={task}"] if task else []),
+            *self.task_overrides(task),
             *self.spec.methods[method].overrides,
             *self.extra,
         ]
@@ -202,9 +325,17 @@ class GroupState:
 def group_state(study: Study, method: str, task: str | None) -> GroupState:
     """Derive a group's jobs from the run directories on disk (no state file)."""
     spec = study.spec
-    grid = [float(lr) for lr in spec.methods[method].lrs]
-    state = GroupState(method, task, list(grid))
+    lattice = study.lattice
+    state = GroupState(method, task, study.start_grid(method, task))
     seed = int(spec.grid_seed)
+    shared = None  # the reference method's chosen lr, once final (study.shared_lr_from)
+    reference = study.shared_lr_from
+    if reference is not None and reference != method:
+        ref = group_state(study, reference, task)
+        if not ref.grid_final:
+            shared = "pending"
+        elif ref.choice is not None:
+            shared = ref.choice.lr
     while True:
         grid_jobs = [study.job(method, task, lr, seed, "grid") for lr in state.grid]
         done = {}
@@ -219,7 +350,9 @@ def group_state(study: Study, method: str, task: str | None) -> GroupState:
         choice = choose_lr(((lr, seed, v) for lr, v in done.items()), spec.select.mode)
         state.choice = choice
         if choice is not None and choice.at_edge and state.widenings < int(spec.max_widenings):
-            state.grid.append(widened(choice.lr, float(spec.widen_factor), choice.at_edge))
+            state.grid.append(
+                widened(choice.lr, float(spec.widen_factor), choice.at_edge, lattice)
+            )
             state.grid.sort()
             state.widenings += 1
             continue
@@ -228,10 +361,19 @@ def group_state(study: Study, method: str, task: str | None) -> GroupState:
             # neighbours, so a coarse (x2) grid cannot decide a comparison by where its
             # points happen to fall relative to each method's optimum.
             state.unrefined_lr = choice.lr  # also marks the group as refined (once only)
-            added = [lr for lr in refined(state.grid, choice.lr) if lr not in state.grid]
+            added = [lr for lr in refined(state.grid, choice.lr, lattice) if lr not in state.grid]
             if added:
                 state.grid = sorted(state.grid + added)
                 continue
+        if shared == "pending":
+            # The seeds wait for the reference's choice: it may add a grid point here.
+            state.jobs, state.waiting = grid_jobs, []
+            return state
+        if isinstance(shared, float) and shared not in state.grid:
+            # The shared lr is a grid point like any other (seed `grid_seed` at every lr of
+            # the grid, so the choice stays on equal seed counts), and may move the choice.
+            state.grid = sorted(state.grid + [shared])
+            continue
         state.grid_final = True
         seed_jobs = []
         if choice is not None:
@@ -241,9 +383,15 @@ def group_state(study: Study, method: str, task: str | None) -> GroupState:
             seed_jobs = [
                 study.job(method, task, lr, int(s), "seeds")
                 for lr in seed_lrs
-                for s in spec.seeds
+                for s in study.seeds_for(task)
                 if int(s) != seed
             ]
+            if isinstance(shared, float) and shared not in seed_lrs:
+                seed_jobs += [
+                    study.job(method, task, shared, int(s), "shared")
+                    for s in study.seeds_for(task)
+                    if int(s) != seed
+                ]
         state.jobs = grid_jobs + seed_jobs
         state.waiting = [j for j in seed_jobs if read_status(j.run_dir)[0] != "completed"]
         return state
@@ -251,10 +399,12 @@ def group_state(study: Study, method: str, task: str | None) -> GroupState:
 
 def planned_runs(study: Study, state: GroupState) -> int:
     """Runs this group will have when done, as far as is known (widening may add more)."""
-    extra_seeds = len([s for s in study.spec.seeds if int(s) != int(study.spec.grid_seed)])
+    seeds = study.seeds_for(state.task)
+    extra_seeds = len([s for s in seeds if s != int(study.spec.grid_seed)])
     if state.grid_final:
         return len(state.jobs)
-    return len(state.grid) + extra_seeds
+    shared = study.shared_lr_from not in (None, state.method)
+    return len(state.grid) + extra_seeds * (2 if shared else 1)
 
 
 # ----------------------------------------------------------------------------- running
@@ -278,11 +428,24 @@ def _completed_runs(studies: list[Study]) -> tuple[int, int]:
 
 def ready_jobs(studies: list[Study]) -> list[Job]:
     """Jobs that can start now: every table's grid runs (in study order) before any extra
-    seed, so that every table has a first filled row as early as possible."""
-    states = [group_state(st, m, t) for st in studies for m, t in st.groups()]
-    grid = [j for s in states for j in s.waiting if j.stage == "grid"]
-    seeds = [j for s in states for j in s.waiting if j.stage == "seeds"]
-    return grid + seeds
+    seed, so that every table has a first filled row as early as possible. A study of
+    points goes point by point (grid runs first within each), so that its points complete
+    one after another; a later point's jobs only fill the slots an earlier one leaves idle
+    while it waits for a run to finish."""
+    grid: list[Job] = []
+    seeds: list[Job] = []
+    by_point: list[Job] = []
+    for study in studies:
+        for task in study.tasks:
+            states = [group_state(study, m, task) for m in study.methods]
+            point_grid = [j for s in states for j in s.waiting if j.stage == "grid"]
+            point_seeds = [j for s in states for j in s.waiting if j.stage != "grid"]
+            if study.spec.get("points"):
+                by_point += point_grid + point_seeds
+            else:
+                grid += point_grid
+                seeds += point_seeds
+    return grid + seeds + by_point
 
 
 def describe_plan(studies: list[Study], jobs: int) -> str:

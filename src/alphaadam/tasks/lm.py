@@ -107,7 +107,7 @@ class LMTask(Task):
 
     ``data`` keys: ``name``, ``source`` (smoke | text | openwebtext), ``path`` (text files),
     ``tokenizer`` (gpt2 | byte), ``tokenizer_dir``, ``block_size``, ``val_fraction``,
-    ``cache_dir``, ``eval_iters``, ``eval_batch_size``; for OpenWebText also
+    ``test_fraction``, ``cache_dir``, ``eval_iters``, ``eval_batch_size``; for OpenWebText also
     ``hf_dataset``, ``hf_revision``, ``local_dir``, ``expected_documents``,
     ``expected_train_tokens``, ``count_tolerance``, ``num_proc``.
     ``model`` keys: the ``build_gpt`` arguments except ``vocab_size`` (``null`` = the
@@ -137,6 +137,12 @@ class LMTask(Task):
                         f"data.path: text file {Path(p).expanduser()} does not exist"
                     )
             self.data_cfg["path"] = paths
+        self.test_fraction = float(self.data_cfg.get("test_fraction") or 0.0)
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError(
+                f"data.test_fraction={self.data_cfg.get('test_fraction')!r}: the share of the "
+                "held-out split kept for the test split must lie in [0, 1) (0 = no test split)"
+            )
         self.splits: dict[str, np.ndarray] = {}
 
     def setup(self, accelerator) -> None:
@@ -146,6 +152,7 @@ class LMTask(Task):
             self.splits = smoke_cache(
                 self.tokenizer, d.get("val_fraction", 0.1), d.get("corpus_seed", 0)
             )
+            self._split_test()
             self._check_splits("the smoke corpus")
             return
         with accelerator.main_process_first():  # tokenise once; the other ranks read the cache
@@ -162,7 +169,19 @@ class LMTask(Task):
         self.splits = {
             s: np.memmap(folder / f"{s}.bin", dtype=np.uint16, mode="r") for s in ("train", "val")
         }
+        self._split_test()
         self._check_splits(", ".join(d["path"]) if d["source"] == "text" else str(folder))
+
+    def _split_test(self) -> None:
+        """With ``data.test_fraction``, the held-out tokens' last share becomes the test split
+        and the rest stays validation: an lr chosen on ``val_loss`` can then be reported on
+        ``test_loss``, text it never saw. The two are contiguous, never mixed, and the training
+        split is unchanged."""
+        if not self.test_fraction:
+            return
+        held_out = self.splits["val"]
+        n_val = len(held_out) - int(len(held_out) * self.test_fraction)
+        self.splits["val"], self.splits["test"] = held_out[:n_val], held_out[n_val:]
 
     def _check_splits(self, source: str) -> None:
         # A cache made for a smaller block_size can be too short for this one; found now,
@@ -298,19 +317,26 @@ class LMTask(Task):
         return loss
 
     def evaluate(self, model: nn.Module, accelerator) -> dict[str, float]:
-        """Mean loss over ``eval_iters`` fixed validation batches (the same windows at
-        every evaluation, so curves compare checkpoints rather than sampling noise)."""
+        """Mean loss over ``eval_iters`` fixed batches of each held-out split: ``val_loss``,
+        and ``test_loss`` with ``data.test_fraction`` (the same windows at every evaluation,
+        so curves compare checkpoints rather than sampling noise)."""
+        return {
+            f"{split}_loss": self._split_loss(model, accelerator, self.splits[split])
+            for split in ("val", "test")
+            if split in self.splits
+        }
+
+    def _split_loss(self, model: nn.Module, accelerator, tokens: np.ndarray) -> float:
         iters, batch = int(self.data_cfg["eval_iters"]), int(self.data_cfg["eval_batch_size"])
-        val = self.splits["val"]
         total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
         for i in range(accelerator.process_index, iters, accelerator.num_processes):
             ids = np.arange(i * batch, (i + 1) * batch, dtype=np.uint64)
-            offsets = window_offsets(0, ids, len(val), self.block_size)
+            offsets = window_offsets(0, ids, len(tokens), self.block_size)
             b = {
                 k: v.to(accelerator.device)
-                for k, v in windows(val, offsets, self.block_size).items()
+                for k, v in windows(tokens, offsets, self.block_size).items()
             }
             total[0] += self.compute_loss(model, b).double()
             total[1] += 1
         total = accelerator.reduce(total, reduction="sum")
-        return {"val_loss": float(total[0] / total[1])}
+        return float(total[0] / total[1])
