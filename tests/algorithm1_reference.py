@@ -30,7 +30,11 @@ what the paper leaves open:
   moves through the masked update; alpha is *reported* as ``alpha_max`` (the limit of the
   clipped ratio), never NaN/inf.
 * ``rescale``: multiply the step by ``d / (nnz + 1)`` with ``nnz = ||phi||_0``; the ``+ 1``
-  is kept as printed (so a full mask scales by ``d / (d + 1)``, not 1).
+  is kept as printed (so a full mask scales by ``d / (d + 1)``, not 1). ``rescale="active"``
+  (the package's extension, docs/optimizer.md): ``d`` is replaced by the number of the
+  tensor's elements whose gradient is nonzero this step (after ``maximize``'s negation, which
+  changes no zero).
+* Gradient density reported: that nonzero count over ``d`` (0 for a zero-size tensor).
 * ``bias_correction=True``: ``h_t`` and ``v_t`` are replaced by ``h_t / (1 - b1^t)`` and
   ``v_t / (1 - b2^t)`` inside ``u_t`` (AdamW's form; the mask still reads the raw momenta,
   which have the same signs). ``False`` is the pseudo-code as printed.
@@ -59,7 +63,7 @@ class Hyper:
     mask: str = "async"
     alpha: str = "ratio"
     alpha_max: float = 2.0
-    rescale: bool = True
+    rescale: bool | str = True
     bias_correction: bool = True
     maximize: bool = False
 
@@ -75,6 +79,7 @@ class Algorithm1:
         self.t = 0
         self.alpha: float | None = None
         self.mask_density: float | None = None
+        self.grad_density: float | None = None
 
     def step(self, grad: Tensor) -> Tensor:
         hp = self.hp
@@ -133,12 +138,19 @@ class Algorithm1:
         else:
             raise ValueError(hp.alpha)
 
-        # eta^ = eta * d / (||phi||_0 + 1)
+        # eta^ = eta * d / (||phi||_0 + 1); "active": d = #{i : g_i != 0}
         nnz = float(phi.sum())
-        eta_hat = hp.lr * d / (nnz + 1.0) if hp.rescale else hp.lr
+        d_active = float((g != 0).sum())
+        if hp.rescale == "active":
+            eta_hat = hp.lr * d_active / (nnz + 1.0)
+        elif hp.rescale:
+            eta_hat = hp.lr * d / (nnz + 1.0)
+        else:
+            eta_hat = hp.lr
 
         # theta_{t+1} = theta_t - eta^ * alpha_t * phi_t * u_t
         self.theta = theta - eta_hat * alpha * phi * u
         self.alpha = alpha
         self.mask_density = nnz / d if d > 0 else 0.0
+        self.grad_density = d_active / d if d > 0 else 0.0
         return self.theta

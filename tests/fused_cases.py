@@ -21,6 +21,8 @@ OPTION_SETS = {
         mask="async", alpha="sqrt_ratio", rescale=False, bias_correction=False, maximize=True
     ),
     "sync_ratio_alphamax3": dict(mask="sync", alpha="ratio", alpha_max=3.0, weight_decay=0.0),
+    # The extension: d counts the nonzero gradient elements (grad_sequence zeroes a row).
+    "active_rescale": dict(rescale="active"),
 }
 # One-pass AlphaAdam: async steps 1-2 are exact (start rule), so more steps than STEPS.
 ONE_PASS_STEPS = 6
@@ -30,6 +32,7 @@ ONE_PASS_SETS = {
         one_pass=True, mask="sync", alpha="sqrt_ratio", alpha_max=1.5, maximize=True
     ),
     "one_pass_norescale_nobc": dict(one_pass=True, rescale=False, bias_correction=False),
+    "one_pass_active": dict(one_pass=True, mask="sync", rescale="active"),
 }
 
 
@@ -39,12 +42,20 @@ def make_params(dtype: torch.dtype, seed: int = 0, shapes=SHAPES) -> list[torch.
 
 
 def grad_sequence(params, steps: int, seed: int = 1):
-    """Gradients with a per-coordinate drift, so masks are neither empty nor full."""
+    """Gradients with a per-coordinate drift, so masks are neither empty nor full. A matrix's
+    first row gets no gradient, as an embedding row whose token is not in the batch: the
+    nonzero count (rescale="active"'s d, the grad density) is then below the element count."""
     gen = torch.Generator().manual_seed(seed)
     drifts = [torch.randn(p.shape, generator=gen) for p in params]
+
+    def without_first_row(g):
+        if g.dim() >= 2 and g.shape[0] > 1:
+            g[0] = 0
+        return g
+
     return [
         [
-            (0.5 * d + torch.randn(p.shape, generator=gen)).to(p.dtype)
+            without_first_row(0.5 * d + torch.randn(p.shape, generator=gen)).to(p.dtype)
             for p, d in zip(params, drifts)
         ]
         for _ in range(steps)

@@ -13,7 +13,9 @@ Per tensor of ``d`` elements, step ``t``: everything of Algorithm 1 (see that fi
             = alpha_t     * d / (nnz_t + 1)       otherwise      (the exact step)
     theta   = theta * (1 - lr * wd) - lr * c_t * phi_t * u_t
 
-(``d / (nnz + 1)`` is 1 without ``rescale``.) ``alpha_t`` and ``nnz_t`` are kept for step
+(``d / (nnz + 1)`` is 1 without ``rescale``; with ``rescale="active"`` ``d`` is that step's
+count of nonzero gradient elements, kept for step ``t + 1`` like ``nnz``.) ``alpha_t`` and
+``nnz_t`` are kept for step
 ``t + 1``. The exact step at ``t = 1`` matters: the asynchronous mask of step 1 is empty
 (``h_0 = 0``), and its count would scale step 2 by ``d / 1``. ``mask="none"`` is AdamW.
 Reported: ``alpha_t``, ``nnz_t / d`` and the multiplier applied, ``step_scale``: ``c_t``, or
@@ -41,6 +43,7 @@ class OnePass:
         self.t = 0
         self.prev_alpha: float | None = None  # None: no previous step
         self.prev_nnz: float | None = None
+        self.prev_active: float | None = None
         self.alpha: float | None = None
         self.mask_density: float | None = None
         self.step_scale: float | None = None
@@ -82,20 +85,24 @@ class OnePass:
         else:
             alpha = min(math.sqrt(total / kept), hp.alpha_max)
         nnz = float(phi.sum())
+        active = float((g != 0).sum())
 
-        def multiplier(a: float, count: float) -> float:
+        def multiplier(a: float, count: float, d_active: float) -> float:
+            if hp.rescale == "active":
+                return a * d_active / (count + 1.0)
             return a * d / (count + 1.0) if hp.rescale else a
 
         usable = self.prev_nnz is not None and self.prev_nnz > 0
         if usable:
-            c = multiplier(self.prev_alpha, self.prev_nnz)
+            c = multiplier(self.prev_alpha, self.prev_nnz, self.prev_active)
             self.step_scale = c
         else:
-            c = multiplier(alpha, nnz)
+            c = multiplier(alpha, nnz, active)
             self.step_scale = c if nnz > 0 else 0.0
         self.theta = theta - hp.lr * c * phi * u
 
-        self.prev_alpha, self.prev_nnz = alpha, nnz
+        self.prev_alpha, self.prev_nnz, self.prev_active = alpha, nnz, active
         self.alpha = alpha
         self.mask_density = nnz / d if d > 0 else 0.0
+        self.grad_density = active / d if d > 0 else 0.0
         return self.theta

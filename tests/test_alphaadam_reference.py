@@ -91,6 +91,8 @@ def run_against_reference(hp: Hyper, foreach: bool | str, shapes=SHAPES, lr_tens
             assert alpha.dtype == torch.float64 and alpha.dim() == 0
             assert float(alpha) == pytest.approx(ref.alpha, rel=1e-10), (i, step)
             assert float(density) == pytest.approx(ref.mask_density, abs=1e-12), (i, step)
+            grad_density = float(stats[key]["grad_density"])
+            assert grad_density == pytest.approx(ref.grad_density, abs=1e-12), (i, step)
     for p, ref in zip(params, refs):
         state = opt.state[p]
         assert int(state["step"]) == STEPS
@@ -103,7 +105,7 @@ OPTION_GRID = list(
         ["async", "sync", "none"],  # mask
         ["ratio", "sqrt_ratio", "none"],  # alpha
         [2.0, 1.25],  # alpha_max (1.25 makes the clip bind often)
-        [True, False],  # rescale
+        [True, False, "active"],  # rescale ("active": make_grads has exact zeros)
         [True, False],  # bias_correction
         [0.0, 0.1],  # weight_decay
         [False, True],  # maximize
@@ -224,9 +226,9 @@ def test_two_element_example_by_hand_sync_moves_at_step_one(foreach):
     theta, stats = step([1.0, -2.0])
     assert theta[0] == pytest.approx(1.0 - (0.2 / 3) * 0.5**0.5, abs=1e-15)  # 0.952859...
     assert theta[1] == pytest.approx(-1.0 + (0.2 / 3) * 0.5**0.5, abs=1e-15)
-    # step_scale = alpha * d/(nnz+1) = 1 * 2/3, read out in fp32.
+    # step_scale = alpha * d/(nnz+1) = 1 * 2/3, read out in fp32; both gradients nonzero.
     assert stats == pytest.approx(
-        {"alpha": 1.0, "mask_density": 1.0, "step_scale": 2 / 3}, rel=1e-7
+        {"alpha": 1.0, "mask_density": 1.0, "grad_density": 1.0, "step_scale": 2 / 3}, rel=1e-7
     )
 
 
@@ -278,7 +280,7 @@ def test_foreach_equals_single_tensor(preset, dtype, tol):
         assert set(s1) == set(s2)
         expected_keys = {"step", "exp_avg", "exp_avg_sq"}
         if PRESETS[preset]["mask"] != "none":
-            expected_keys |= {"alpha", "mask_density"}
+            expected_keys |= {"alpha", "mask_density", "grad_density"}
         assert set(s1) == expected_keys
         for key in s1:
             assert s1[key].dtype == s2[key].dtype, key
@@ -370,3 +372,51 @@ def test_tensors_at_different_steps_match_algorithm1(foreach):
         for p, ref in zip(params, refs):
             torch.testing.assert_close(p.detach(), ref.theta, rtol=1e-10, atol=1e-12)
     assert len({int(opt.state[p]["step"]) for p in params}) > 1
+
+
+# ------------------------------------------------- rescale="active" (the extension)
+@pytest.mark.parametrize("foreach", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("rescale, d", [(True, 4), ("active", 2)], ids=["paper", "active"])
+def test_active_rescale_counts_only_rows_with_a_gradient_by_hand(foreach, rescale, d):
+    # A 2 x 2 "embedding" whose second row gets no gradient, as a token absent from the batch.
+    # Synchronous mask (it moves at step 1), lr 0.1, b1 = b2 = 0.5, no bias correction:
+    # h_1 = 0.5 g, v_1 = 0.5 g^2, u = sign(g) sqrt(0.5) on row 0 and 0 on row 1 (eps).
+    # phi = [[1, 1], [0, 0]], nnz = 2, alpha = 1 (u is 0 off the mask).
+    # Paper: eta^ = 0.1 * 4 / 3; active: d = 2 elements with a gradient, eta^ = 0.1 * 2 / 3.
+    theta = torch.tensor([[1.0, -1.0], [0.5, 0.5]], dtype=torch.float64, requires_grad=True)
+    opt = AlphaAdam(
+        [theta], lr=0.1, betas=(0.5, 0.5), eps=1e-12, bias_correction=False, mask="sync",
+        rescale=rescale, **path(foreach),
+    )  # fmt: skip
+    theta.grad = torch.tensor([[1.0, -2.0], [0.0, 0.0]], dtype=torch.float64)
+    opt.step()
+    eta_hat = 0.1 * d / 3
+    expected = [[1.0 - eta_hat * 0.5**0.5, -1.0 + eta_hat * 0.5**0.5], [0.5, 0.5]]
+    torch.testing.assert_close(theta.detach(), torch.tensor(expected, dtype=torch.float64))
+    stats = opt.read_mask_statistics()["group0.param0"]
+    assert stats == pytest.approx(
+        {"alpha": 1.0, "mask_density": 0.5, "grad_density": 0.5, "step_scale": d / 3}, rel=1e-6
+    )
+
+
+@pytest.mark.parametrize("foreach", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("mask", ["async", "sync"])
+def test_active_rescale_on_dense_gradients_is_the_papers_bit_for_bit(foreach, mask):
+    # Every gradient element nonzero: d_active = d, so the two rescales are the same numbers.
+    def run(rescale):
+        params = make_params(shapes=[(7,), (4, 5), (2, 3, 4)])
+        opt = AlphaAdam(params, lr=1e-2, mask=mask, rescale=rescale, **path(foreach))
+        gen = torch.Generator().manual_seed(3)
+        for _ in range(6):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64) + 0.5
+            opt.step()
+        return params, opt
+
+    paper, paper_opt = run(True)
+    active, active_opt = run("active")
+    for p, q in zip(paper, active):
+        assert torch.equal(p, q)
+        for key in ("exp_avg", "exp_avg_sq", "alpha", "mask_density", "grad_density"):
+            assert torch.equal(paper_opt.state[p][key], active_opt.state[q][key]), key
+        assert float(active_opt.state[q]["grad_density"]) == 1.0

@@ -432,7 +432,13 @@ def test_step_one_and_empty_masks_stay_finite(alpha, foreach):
     assert all(torch.equal(p, q) for p, q in zip(params, before))
     expected_alpha = 1.0 if alpha == "none" else 2.0
     for stats in opt.read_mask_statistics().values():
-        assert stats == {"alpha": expected_alpha, "mask_density": 0.0, "step_scale": 0.0}
+        # (random gradients: every element nonzero)
+        assert stats == {
+            "alpha": expected_alpha,
+            "mask_density": 0.0,
+            "grad_density": 1.0,
+            "step_scale": 0.0,
+        }
     # Gradients opposing the momentum everywhere: an all-zero mask again, mid-training.
     for _ in range(3):
         set_grads(params, [-torch.sign(opt.state[p]["exp_avg"]) for p in params])

@@ -31,7 +31,7 @@ WORLD = 2
 STEPS = 6
 SAVE_AT = 3
 VOCAB, BLOCK = 37, 8
-STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "alpha", "mask_density")
+STATE_KEYS = ("step", "exp_avg", "exp_avg_sq", "alpha", "mask_density", "grad_density")
 
 
 class _Stream:

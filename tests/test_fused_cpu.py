@@ -277,26 +277,27 @@ def test_extension_name_changes_with_the_source(tmp_path, monkeypatch):
 
 # Sums of one tensor: (||u||^2, ||phi u||^2, nnz, d). Ratios above and below both clips, an
 # empty mask (kept = nnz = 0), a zero-size tensor, and counts beyond float32's exact range.
+# ||u||^2, ||phi u||^2, ||phi||_0, ||g||_0 and d
 COMPENSATION_SUMS = [
-    (10.0, 4.0, 3.0, 7),
-    (5.0, 4.0, 6.0, 7),
-    (3.0, 0.0, 0.0, 7),
-    (0.0, 0.0, 0.0, 0),
-    (7.5e5, 2.9e5, 12_345_679.0, 50_000_001),
+    (10.0, 4.0, 3.0, 5.0, 7),
+    (5.0, 4.0, 6.0, 7.0, 7),
+    (3.0, 0.0, 0.0, 2.0, 7),
+    (0.0, 0.0, 0.0, 0.0, 0),
+    (7.5e5, 2.9e5, 12_345_679.0, 31_000_003.0, 50_000_001),
 ]
 
 
-@pytest.mark.parametrize("rescale", [True, False])
+@pytest.mark.parametrize("rescale", [True, False, "active"])
 @pytest.mark.parametrize("alpha_max", [2.0, 1.25])
 @pytest.mark.parametrize("alpha", ["ratio", "sqrt_ratio", "none"])
 def test_kernel_coefficients_equal_masking_compensation(alpha, alpha_max, rescale):
     # The C++ kernel keeps its own copy of the compensation formula (`coefficients` in
     # csrc/alphaadam_cpu.cpp). Its pass 2 from given sums, on one-element float64 tensors
     # with u = 1 (m = 1, v = 0, eps = 1, no bias correction), lr = 1 and no weight decay,
-    # writes p = 0 - lr * scale * alpha and stores alpha and the density: all three must be
+    # writes p = 0 - lr * scale * alpha and stores alpha and both densities: all four must be
     # masking.compensation's values. Both are IEEE float64 divisions, square roots, minima
     # and products in the same order, so they agree exactly.
-    from alphaadam.optim.fused_cpu import ALPHA_KINDS
+    from alphaadam.optim.fused_cpu import ALPHA_KINDS, RESCALE_KINDS
     from alphaadam.optim.masking import MaskConfig, compensation
 
     cfg = MaskConfig(mask="async", alpha=alpha, alpha_max=alpha_max, rescale=rescale)
@@ -305,20 +306,22 @@ def test_kernel_coefficients_equal_masking_compensation(alpha, alpha_max, rescal
     params = [torch.zeros(1, **f64) for _ in range(n)]
     alphas = [torch.zeros((), **f64) for _ in range(n)]
     densities = [torch.zeros((), **f64) for _ in range(n)]
-    sums = torch.tensor([row[:3] for row in COMPENSATION_SUMS], **f64)
-    numels = [row[3] for row in COMPENSATION_SUMS]
+    grad_densities = [torch.zeros((), **f64) for _ in range(n)]
+    sums = torch.tensor([row[:4] for row in COMPENSATION_SUMS], **f64)
+    numels = [row[4] for row in COMPENSATION_SUMS]
     load_extension().apply_from_sums(
         params, [torch.ones(1, **f64) for _ in range(n)], [torch.zeros(1, **f64) for _ in range(n)],
         [torch.ones(()) for _ in range(n)], [torch.ones(1, dtype=torch.uint8) for _ in range(n)],
-        sums, numels, alphas, densities, torch.empty(0, **f64), 1.0, 0.9, 0.999, 1.0, 0.0,
-        False, ALPHA_KINDS[alpha], alpha_max, rescale,
+        sums, numels, alphas, densities, grad_densities, torch.empty(0, **f64), 1.0, 0.9, 0.999,
+        1.0, 0.0, False, ALPHA_KINDS[alpha], alpha_max, RESCALE_KINDS[rescale],
     )  # fmt: skip
-    scale_alpha, alpha_py, density_py = compensation(
-        sums[:, 0], sums[:, 1], sums[:, 2], torch.tensor(numels, **f64), cfg
+    scale_alpha, alpha_py, density_py, grad_density_py = compensation(
+        sums[:, 0], sums[:, 1], sums[:, 2], torch.tensor(numels, **f64), cfg, sums[:, 3]
     )
     assert torch.equal(torch.cat(params), -scale_alpha)
     assert torch.equal(torch.stack(alphas), alpha_py)
     assert torch.equal(torch.stack(densities), density_py)
+    assert torch.equal(torch.stack(grad_densities), grad_density_py)
 
 
 def test_compensation_by_hand():
@@ -326,8 +329,10 @@ def test_compensation_by_hand():
     # the sums clipped at alpha_max, alpha_max for an empty mask, density = nnz / d.
     from alphaadam.optim.masking import MaskConfig, compensation
 
-    total, kept, nnz = (
-        torch.tensor(v, dtype=torch.float64) for v in ([10.0, 3.0], [4.0, 0.0], [3.0, 0.0])
+    # rescale="active": d is the nonzero-gradient count instead, d_active / (nnz + 1).
+    total, kept, nnz, active = (
+        torch.tensor(v, dtype=torch.float64)
+        for v in ([10.0, 3.0], [4.0, 0.0], [3.0, 0.0], [5.0, 2.0])
     )
     numels = torch.tensor([7.0, 7.0], dtype=torch.float64)
     cases = {
@@ -337,13 +342,23 @@ def test_compensation_by_hand():
         ("sqrt_ratio", 2.0, True): ([7 / 4 * 2.5**0.5, 7 * 2.0], [2.5**0.5, 2.0]),
         ("none", 2.0, True): ([7 / 4, 7.0], [1.0, 1.0]),
         ("ratio", 2.0, False): ([2.0, 2.0], [2.0, 2.0]),
+        ("ratio", 2.0, "active"): ([5 / 4 * 2.0, 2 / 1 * 2.0], [2.0, 2.0]),
+        ("none", 2.0, "active"): ([5 / 4, 2.0], [1.0, 1.0]),
     }
     for (alpha, alpha_max, rescale), (expected_scale_alpha, expected_alpha) in cases.items():
         cfg = MaskConfig(alpha=alpha, alpha_max=alpha_max, rescale=rescale)
-        scale_alpha, alpha_t, density = compensation(total, kept, nnz, numels, cfg)
+        scale_alpha, alpha_t, density, grad_density = compensation(
+            total, kept, nnz, numels, cfg, active
+        )
         assert scale_alpha.tolist() == pytest.approx(expected_scale_alpha, rel=1e-15), cfg
         assert alpha_t.tolist() == pytest.approx(expected_alpha, rel=1e-15), cfg
         assert density.tolist() == [3 / 7, 0.0]
+        assert grad_density.tolist() == [5 / 7, 2 / 7]
     # One tensor with a Python element count (the single-tensor path's form).
-    scale_alpha, alpha_t, density = compensation(total[0], kept[0], nnz[0], 7, MaskConfig())
+    scale_alpha, alpha_t, density, grad_density = compensation(
+        total[0], kept[0], nnz[0], 7, MaskConfig()
+    )
     assert (scale_alpha.item(), alpha_t.item(), density.item()) == pytest.approx((3.5, 2.0, 3 / 7))
+    assert grad_density is None  # no count given (only rescale="active" needs one)
+    with pytest.raises(ValueError, match="rescale='active' needs the count"):
+        compensation(total[0], kept[0], nnz[0], 7, MaskConfig(rescale="active"))

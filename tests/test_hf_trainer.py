@@ -72,7 +72,8 @@ def test_trainer_steps_alphaadam_and_its_mask_statistics_are_readable(tmp_path):
     stats = opt.read_mask_statistics(model.named_parameters())
     assert set(stats) == set(named)  # the tied lm_head is the embedding: one entry
     for name, s in stats.items():
-        assert set(s) == {"alpha", "mask_density", "step_scale"}, name
+        assert set(s) == {"alpha", "mask_density", "grad_density", "step_scale"}, name
+        assert 0.0 <= s["grad_density"] <= 1.0, (name, s)
         assert 1.0 <= s["alpha"] <= 2.0, (name, s)
         assert 0.0 <= s["mask_density"] <= 1.0, (name, s)
         # Algorithm 1's step multiplier: alpha * d / (||phi||_0 + 1).

@@ -267,8 +267,10 @@ def test_two_element_example_by_hand(foreach):
     c = 347 / 275
     assert theta_3[0] == pytest.approx(theta_2[0] - 0.1 * c * 1.125 / 1.625**0.5, abs=1e-15)
     assert theta_3[1] == pytest.approx(-1.0 - 0.1 * c / 3.25**0.5, abs=1e-15)
-    # alpha and density are this step's (for step 4), step_scale what step 3 applied.
-    assert stats == pytest.approx({"alpha": 1.0, "mask_density": 1.0, "step_scale": c}, rel=1e-15)
+    # alpha and the densities are this step's (for step 4), step_scale what step 3 applied.
+    assert stats == pytest.approx(
+        {"alpha": 1.0, "mask_density": 1.0, "grad_density": 1.0, "step_scale": c}, rel=1e-15
+    )
 
 
 # ---------------------------------------------------------------- mask="none" is AdamW
@@ -318,7 +320,7 @@ def test_checkpoint_mid_training_continues_bit_identically(foreach):
             resumed = AlphaAdam(resumed_params, **kw)
             resumed.load_state_dict(_roundtrip(opt))
             assert set(resumed.state[resumed_params[0]]) == {
-                "step", "exp_avg", "exp_avg_sq", "alpha", "mask_density", "reused_scale"
+                "step", "exp_avg", "exp_avg_sq", "alpha", "mask_density", "grad_density", "reused_scale"
             }  # fmt: skip
         for i, p in enumerate(params):
             p.grad = grads[i][step].clone()

@@ -31,6 +31,8 @@ PRESETS = (
     # One-pass: steps 1-2 exact (the async start rule), 3-4 reuse the previous step's
     # whole-tensor alpha and count (all-reduced after the pass), so every rank agrees.
     {"mask": "async", "alpha": "ratio", "one_pass": True},
+    # d = the nonzero gradient count, summed over shards like nnz (fc1's column 0 has none).
+    {"mask": "sync", "alpha": "ratio", "rescale": "active"},
 )
 IMPLS = {
     "single": {"foreach": False},
@@ -53,7 +55,12 @@ class Net(nn.Module):
 
 def _batches(rank: int) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(100 + rank)
-    return [torch.randn(6, 5, generator=gen) for _ in range(STEPS)]
+    batches = [torch.randn(6, 5, generator=gen) for _ in range(STEPS)]
+    for x in batches:
+        # Input 0 is always 0: column 0 of fc1.weight gets no gradient on any rank, so every
+        # shard of it holds zeros and the nonzero count must be summed over the shards.
+        x[:, 0] = 0
+    return batches
 
 
 def _loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -86,7 +93,10 @@ def _compare(model, opt, ref_model, ref_opt, label: str) -> None:
     for (name, p), rp in zip(model.named_parameters(), ref_model.parameters()):
         torch.testing.assert_close(_full(p.detach()), rp.detach(), msg=f"{label} param {name}")
         st, rst = opt.state[p], ref_opt.state[rp]
-        for key in ("exp_avg", "exp_avg_sq", "step", "alpha", "mask_density", "reused_scale"):
+        for key in (
+            "exp_avg", "exp_avg_sq", "step", "alpha", "mask_density", "grad_density",
+            "reused_scale",
+        ):  # fmt: skip
             if key not in rst:
                 assert key not in st, key
                 continue

@@ -216,7 +216,15 @@ class Study:
         return list(self.spec.methods)
 
     def groups(self) -> list[tuple[str, str | None]]:
-        return [(m, t) for t in self.tasks for m in self.methods]
+        """Every (method, task); a method with ``tasks`` of its own runs only those."""
+        return [
+            (m, t)
+            for t in self.tasks
+            for m in self.methods
+            if t is None
+            or self.spec.methods[m].get("tasks") is None
+            or t in self.spec.methods[m].tasks
+        ]
 
     def minutes_per_run(self, task: str | None) -> float:
         value = self.spec.minutes_per_run
@@ -350,9 +358,7 @@ def group_state(study: Study, method: str, task: str | None) -> GroupState:
         choice = choose_lr(((lr, seed, v) for lr, v in done.items()), spec.select.mode)
         state.choice = choice
         if choice is not None and choice.at_edge and state.widenings < int(spec.max_widenings):
-            state.grid.append(
-                widened(choice.lr, float(spec.widen_factor), choice.at_edge, lattice)
-            )
+            state.grid.append(widened(choice.lr, float(spec.widen_factor), choice.at_edge, lattice))
             state.grid.sort()
             state.widenings += 1
             continue
@@ -437,7 +443,7 @@ def ready_jobs(studies: list[Study]) -> list[Job]:
     by_point: list[Job] = []
     for study in studies:
         for task in study.tasks:
-            states = [group_state(study, m, task) for m in study.methods]
+            states = [group_state(study, m, t) for m, t in study.groups() if t == task]
             point_grid = [j for s in states for j in s.waiting if j.stage == "grid"]
             point_seeds = [j for s in states for j in s.waiting if j.stage != "grid"]
             if study.spec.get("points"):

@@ -81,6 +81,9 @@ def is_correct(completion: str, answer: str, strict: bool = False) -> bool:
 
 
 def read_gsm8k_jsonl(path: str | Path) -> list[dict[str, str]]:
+    """The ``question``/``answer`` records of a GSM8K jsonl file, each checked at load: valid
+    JSON, both keys, and a gold answer (``#### <number>``), so that a bad line is named by
+    file and line now, not found in training (or after it, when the test split is scored)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"GSM8K: missing {path}")
@@ -89,9 +92,18 @@ def read_gsm8k_jsonl(path: str | Path) -> list[dict[str, str]]:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            row = json.loads(line)
-            if "question" not in row or "answer" not in row:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"{path}:{line_no}: not valid JSON ({err.msg} at column {err.colno})"
+                ) from None
+            if not isinstance(row, dict) or "question" not in row or "answer" not in row:
                 raise ValueError(f"{path}:{line_no}: expected keys 'question' and 'answer'")
+            try:
+                gold_answer(row["answer"])
+            except ValueError as err:
+                raise ValueError(f"{path}:{line_no}: {err}") from None
             records.append({"question": row["question"], "answer": row["answer"]})
     return records
 

@@ -79,24 +79,28 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _previous_step_scales(
-    stats: list[tuple[Tensor | None, Tensor | None]], numels: list[int], rescale: bool
+    stats: list[tuple[Tensor | None, ...]], numels: list[int], rescale: bool | str
 ) -> list[Tensor]:
     """One-pass: per tensor, the multiplier of the lr its previous step's statistics give.
 
-    ``alpha_{t-1} * d / (nnz_{t-1} + 1)`` as a 0-d tensor on the tensor's device, and 0 where
+    ``alpha_{t-1} * d / (nnz_{t-1} + 1)`` (``d`` the previous active count with
+    ``rescale="active"``) as a 0-d tensor on the tensor's device, and 0 where
     the statistics are unusable (no step yet, or an empty previous mask), which tells every
     path to take the exact step. Read from the stored alpha and density before the step
     overwrites them, a few kernels per device for all tensors; no host sync.
     """
     by_device: dict[torch.device, list[int]] = {}
-    for i, (alpha, _) in enumerate(stats):
+    for i, (alpha, *_) in enumerate(stats):
         by_device.setdefault(alpha.device, []).append(i)
     previous: list[Tensor | None] = [None] * len(stats)
     for device, idx in by_device.items():
         alphas = torch.stack([stats[i][0] for i in idx])
         densities = torch.stack([stats[i][1] for i in idx])
+        grad_densities = torch.stack([stats[i][2] for i in idx])
         counts = torch.tensor([numels[i] for i in idx], dtype=torch.float64)
-        scales = step_scale(alphas, densities, counts.to(device, non_blocking=True), rescale)
+        scales = step_scale(
+            alphas, densities, counts.to(device, non_blocking=True), rescale, grad_densities
+        )
         for i, scale in zip(idx, scales.unbind(0)):
             previous[i] = scale
     return previous  # type: ignore[return-value]
@@ -114,7 +118,10 @@ class AlphaAdam(MaskedOptimizer):
         mask: ``"async"`` (default), ``"sync"`` or ``"none"``.
         alpha: ``"ratio"`` (default), ``"sqrt_ratio"`` or ``"none"``.
         alpha_max: clip for alpha (default 2, Appendix F.4).
-        rescale: apply Algorithm 1's ``d / (||phi||_0 + 1)`` step rescale (default True).
+        rescale: ``True`` (default): Algorithm 1's ``d / (||phi||_0 + 1)`` step rescale;
+            ``False``: none; ``"active"`` (an extension beyond the paper, docs/optimizer.md):
+            ``d`` counts only the elements with a nonzero gradient this step, for tensors such
+            as embeddings whose gradient reaches only some rows.
         bias_correction: Adam bias correction of both moments (default True).
         maximize: maximise the objective instead.
         one_pass: apply the previous step's alpha and mask count (an extension beyond the
@@ -139,7 +146,7 @@ class AlphaAdam(MaskedOptimizer):
         mask: str = "async",
         alpha: str = "ratio",
         alpha_max: float = 2.0,
-        rescale: bool = True,
+        rescale: bool | str = True,
         bias_correction: bool = True,
         maximize: bool = False,
         one_pass: bool = False,
@@ -251,7 +258,7 @@ class AlphaAdam(MaskedOptimizer):
             exp_avgs.append(state["exp_avg"])
             exp_avg_sqs.append(state["exp_avg_sq"])
             steps.append(state["step"])
-            stats.append((state.get("alpha"), state.get("mask_density")))
+            stats.append((state.get("alpha"), state.get("mask_density"), state.get("grad_density")))
 
     def _step_group(self, group: dict[str, Any]) -> None:
         params: list[Tensor] = []
@@ -259,7 +266,7 @@ class AlphaAdam(MaskedOptimizer):
         exp_avgs: list[Tensor] = []
         exp_avg_sqs: list[Tensor] = []
         steps: list[Tensor] = []
-        stats: list[tuple[Tensor | None, Tensor | None]] = []
+        stats: list[tuple[Tensor | None, ...]] = []
         self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, steps, stats)
         if not params:
             return
@@ -285,14 +292,22 @@ class AlphaAdam(MaskedOptimizer):
 
 
 def alphaadam_preset(name: str, params, **kwargs) -> AlphaAdam:
-    """``AlphaAdam`` configured as one of :data:`PRESETS` (kwargs may override the rest)."""
+    """``AlphaAdam`` configured as one of :data:`PRESETS` (kwargs may override the rest).
+
+    A preset fixes its mask and alpha (they are what the preset is). A masked preset's
+    ``rescale`` may be changed (``"active"`` or ``False``): a variant of the same method, which
+    the run's config records and the tables label.
+    """
     if name not in PRESETS:
         raise ValueError(
             f"Unknown AlphaAdam preset {name!r}; valid choices are {', '.join(PRESETS)}"
         )
-    clash = set(kwargs) & set(PRESETS[name])
+    fixed = set(PRESETS[name])
+    if PRESETS[name]["mask"] != "none":
+        fixed.discard("rescale")
+    clash = set(kwargs) & fixed
     if clash:
         raise ValueError(
             f"Preset {name!r} fixes {sorted(clash)}; build AlphaAdam(...) directly to change them"
         )
-    return AlphaAdam(params, **PRESETS[name], **kwargs)
+    return AlphaAdam(params, **{**PRESETS[name], **kwargs})

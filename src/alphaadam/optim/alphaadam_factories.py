@@ -2,6 +2,13 @@
 with every option from the config, and torch's AdamW (the ``adamw`` row).
 
 ``adamw_sm`` is Cautious AdamW, also registered as ``cadamw`` (the paper's CAdamW baseline).
+
+The rescale variants are named methods, so that their runs get run directories and table
+rows of their own (``optimizer.name`` names both): ``alphaadam_active`` and ``cadamw_active``
+(``rescale="active"``, an extension beyond the paper, docs/optimizer.md), and two
+ablations, ``alphaadam_norescale`` (no rescale on any tensor) and
+``alphaadam_embed_norescale`` (none on the token embedding alone). Any preset also takes
+``rescale`` and ``param_overrides`` from the config directly.
 """
 
 from __future__ import annotations
@@ -15,12 +22,21 @@ from torch.optim import Optimizer
 from .alphaadam import PRESETS, AlphaAdam, alphaadam_preset
 from .factory_base import OptimizerFactory, register_optimizer, split_decay
 
+# The token embedding of each model family here: BERT/MiniLM, Llama, nanoGPT.
+TOKEN_EMBEDDING = r"word_embeddings|embed_tokens|transformer\.wte"
 
-def make_preset_factory(preset: str) -> OptimizerFactory:
+
+def make_preset_factory(preset: str, **variant: Any) -> OptimizerFactory:
+    """A factory of AlphaAdam preset ``preset``; ``variant`` sets defaults the config may
+    override (``rescale``, ``param_overrides``)."""
+
     def factory(model: nn.Module, **cfg: Any) -> Optimizer:
+        cfg = {**variant, **cfg}
         return alphaadam_preset(preset, split_decay(model, cfg), **cfg)
 
-    factory.__doc__ = f"AlphaAdam preset {preset!r}: {PRESETS[preset]}"
+    factory.__doc__ = f"AlphaAdam preset {preset!r}: {PRESETS[preset]}" + (
+        f", with {variant}" if variant else ""
+    )
     return factory
 
 
@@ -28,6 +44,12 @@ for _preset in PRESETS:
     if _preset != "adamw":  # the adamw row is torch's AdamW, below
         register_optimizer(_preset)(make_preset_factory(_preset))
 register_optimizer("cadamw")(make_preset_factory("adamw_sm"))
+register_optimizer("alphaadam_active")(make_preset_factory("alphaadam", rescale="active"))
+register_optimizer("cadamw_active")(make_preset_factory("adamw_sm", rescale="active"))
+register_optimizer("alphaadam_norescale")(make_preset_factory("alphaadam", rescale=False))
+register_optimizer("alphaadam_embed_norescale")(
+    make_preset_factory("alphaadam", param_overrides={TOKEN_EMBEDDING: {"rescale": False}})
+)
 
 
 @register_optimizer("alphaadam_onepass")

@@ -81,7 +81,7 @@ class AlphaLion(MaskedOptimizer):
         mask: str = "async",
         alpha: str = "ratio",
         alpha_max: float = 2.0,
-        rescale: bool = True,
+        rescale: bool | str = True,
         maximize: bool = False,
         foreach: bool | None = None,
     ) -> None:
@@ -120,7 +120,7 @@ class AlphaLion(MaskedOptimizer):
             params.append(p)
             grads.append(p.grad)
             exp_avgs.append(state["exp_avg"])
-            stats.append((state.get("alpha"), state.get("mask_density")))
+            stats.append((state.get("alpha"), state.get("mask_density"), state.get("grad_density")))
         return params, grads, exp_avgs, stats
 
     def _step_group(self, group: dict[str, Any]) -> None:
@@ -148,7 +148,7 @@ class AlphaLion(MaskedOptimizer):
 def _single_tensor_alphalion(
     params, grads, exp_avgs, stats, *, cfg, lr, beta1, beta2, weight_decay, maximize
 ) -> None:
-    for p, grad, exp_avg, (alpha_out, density_out) in zip(params, grads, exp_avgs, stats):
+    for p, grad, exp_avg, stat_outs in zip(params, grads, exp_avgs, stats):
         g = -grad if maximize else grad
         # async reads m_{t-1}: it must be taken before the momentum update below.
         phi = agreement_mask(g, exp_avg) if cfg.mask == "async" else None
@@ -156,15 +156,15 @@ def _single_tensor_alphalion(
         if cfg.mask == "sync":
             phi = agreement_mask(g, direction)
         update = direction.sign_()
-        update, alpha, density = mask_and_compensate(update, phi, cfg)
+        update, *stat_values = mask_and_compensate(update, phi, cfg, g)
 
         if weight_decay != 0:
             p.mul_(1 - lr * weight_decay)
         add_scaled_(p, update, -lr)
         exp_avg.lerp_(g, 1 - beta2)
-        if alpha is not None:
-            alpha_out.copy_(alpha)
-            density_out.copy_(density)
+        if phi is not None:
+            for out, value in zip(stat_outs, stat_values):
+                out.copy_(value)
 
 
 def _multi_tensor_alphalion(
@@ -172,9 +172,9 @@ def _multi_tensor_alphalion(
 ) -> None:
     """The same math with ``torch._foreach_*`` kernels, per (device, dtype) group."""
     grouped = Optimizer._group_tensors_by_device_and_dtype(
-        [params, grads, exp_avgs, [a for a, _ in stats], [d for _, d in stats]]
+        [params, grads, exp_avgs, *(list(t) for t in zip(*stats))]
     )
-    for (g_params, g_grads, g_m, g_alpha, g_density), _ in grouped.values():
+    for (g_params, g_grads, g_m, *g_stats), _ in grouped.values():
         if maximize:
             g_grads = torch._foreach_neg(g_grads)
         masks = foreach_agreement_masks(g_grads, g_m) if cfg.mask == "async" else None
@@ -182,11 +182,11 @@ def _multi_tensor_alphalion(
         if cfg.mask == "sync":
             masks = foreach_agreement_masks(g_grads, updates)
         torch._foreach_sign_(updates)
-        updates, alphas, densities = foreach_mask_and_compensate(updates, masks, cfg)
+        updates, *stat_values = foreach_mask_and_compensate(updates, masks, cfg, g_grads)
         if weight_decay != 0:
             torch._foreach_mul_(g_params, 1 - lr * weight_decay)
         foreach_add_scaled_(g_params, updates, -lr)
         torch._foreach_lerp_(g_m, g_grads, 1 - beta2)
-        if alphas is not None:
-            torch._foreach_copy_(g_alpha, list(alphas.unbind(0)))
-            torch._foreach_copy_(g_density, list(densities.unbind(0)))
+        if masks is not None:
+            for outs, values in zip(g_stats, stat_values):
+                torch._foreach_copy_(outs, list(values.unbind(0)))

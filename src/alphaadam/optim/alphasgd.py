@@ -78,7 +78,7 @@ class AlphaSGD(MaskedOptimizer):
         mask: str = "async",
         alpha: str = "ratio",
         alpha_max: float = 2.0,
-        rescale: bool = True,
+        rescale: bool | str = True,
         maximize: bool = False,
         foreach: bool | None = None,
     ) -> None:
@@ -137,7 +137,7 @@ class AlphaSGD(MaskedOptimizer):
             params.append(p)
             grads.append(p.grad)
             bufs.append(buf)
-            stats.append((state.get("alpha"), state.get("mask_density")))
+            stats.append((state.get("alpha"), state.get("mask_density"), state.get("grad_density")))
         return params, grads, bufs, fresh, stats
 
     def _step_group(self, group: dict[str, Any]) -> None:
@@ -167,7 +167,7 @@ def _single_tensor_alphasgd(
     params, grads, bufs, fresh, stats, *, cfg, lr, momentum, dampening, weight_decay,
     nesterov, maximize,
 ) -> None:  # fmt: skip
-    for p, grad, buf, is_fresh, (alpha_out, density_out) in zip(params, grads, bufs, fresh, stats):
+    for p, grad, buf, is_fresh, stat_outs in zip(params, grads, bufs, fresh, stats):
         g = -grad if maximize else grad
         if weight_decay != 0:
             g = g.add(p, alpha=weight_decay)
@@ -186,11 +186,13 @@ def _single_tensor_alphasgd(
             update = update.clone()  # masked in place below; the buffer must survive
         if cfg.mask == "sync":
             phi = agreement_mask(g, update)
-        update, alpha, density = mask_and_compensate(update, phi, cfg)
+        # g includes the coupled weight decay, as the mask's does: a zero raw gradient with a
+        # nonzero decay term can pass the mask, so it counts as active too.
+        update, *stat_values = mask_and_compensate(update, phi, cfg, g)
         add_scaled_(p, update, -lr)
-        if alpha is not None:
-            alpha_out.copy_(alpha)
-            density_out.copy_(density)
+        if phi is not None:
+            for out, value in zip(stat_outs, stat_values):
+                out.copy_(value)
 
 
 def _multi_tensor_alphasgd(
@@ -199,9 +201,9 @@ def _multi_tensor_alphasgd(
 ) -> None:  # fmt: skip
     """The same math with ``torch._foreach_*`` kernels, per (device, dtype) group."""
     grouped = Optimizer._group_tensors_by_device_and_dtype(
-        [params, grads, bufs, [a for a, _ in stats], [d for _, d in stats]], with_indices=True
+        [params, grads, bufs, *(list(t) for t in zip(*stats))], with_indices=True
     )
-    for (g_params, g_grads, g_bufs, g_alpha, g_density), indices in grouped.values():
+    for (g_params, g_grads, g_bufs, *g_stats), indices in grouped.values():
         if maximize:
             g_grads = torch._foreach_neg(g_grads)
         if weight_decay != 0:
@@ -226,8 +228,8 @@ def _multi_tensor_alphasgd(
             updates = g_grads
         if cfg.mask == "sync":
             masks = foreach_agreement_masks(g_grads, updates)
-        updates, alphas, densities = foreach_mask_and_compensate(updates, masks, cfg)
+        updates, *stat_values = foreach_mask_and_compensate(updates, masks, cfg, g_grads)
         foreach_add_scaled_(g_params, updates, -lr)
-        if alphas is not None:
-            torch._foreach_copy_(g_alpha, list(alphas.unbind(0)))
-            torch._foreach_copy_(g_density, list(densities.unbind(0)))
+        if masks is not None:
+            for outs, values in zip(g_stats, stat_values):
+                torch._foreach_copy_(outs, list(values.unbind(0)))

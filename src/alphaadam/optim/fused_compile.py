@@ -5,13 +5,13 @@ every parameter (tensors are passed as 1-d aliases, so rank never changes):
 
 * ``_moments_and_mask``: updates ``exp_avg`` and ``exp_avg_sq`` in place and writes the
   agreement mask as ``uint8`` (1 byte per element); pointwise, one loop.
-* ``_sums``: ``[||u||^2, ||phi u||^2, nnz]`` from the stored moments and mask (reads 9 bytes
-  per element). Kept apart from the first: a loop that both mutates ``exp_avg`` and reduces
+* ``_sums``: ``[||u||^2, ||phi u||^2, nnz, ||g||_0]`` from the stored moments, the mask
+  and the gradient (reads 9 bytes per element and the gradient). Kept apart from the first: a loop that both mutates ``exp_avg`` and reduces
   makes Inductor (torch 2.13, CPU) materialise an fp32 copy of the new momentum and add a copy
   loop, which was slower (20.1 vs 17.6 ms at 8M elements) and cost 4 bytes per element of the
   largest tensor in memory.
-* ``_coefficients``: turns complete sums into ``[1 - lr wd, lr scale alpha, alpha, density]``
-  (``masking.compensation``); scalar code, once per tensor.
+* ``_coefficients``: turns complete sums into ``[1 - lr wd, lr scale alpha, alpha, density,
+  grad density]`` (``masking.compensation``); scalar code, once per tensor.
 * ``_apply``: recomputes ``u`` from the stored moments (cheaper than storing it: a stored
   fp32 ``u`` would cost 8 bytes of traffic per element, recomputing reads nothing new) and
   writes the parameter.
@@ -133,26 +133,29 @@ def _moments_mask_and_update(
     param.copy_(param.to(m.dtype) * k[0] - k[1] * (u * phi.to(m.dtype)))
 
 
-def _sums(m: Tensor, v: Tensor, mask: Tensor, c: Tensor) -> Tensor:
-    """``[||u||^2, ||phi u||^2, nnz]`` from the stored moments and mask."""
+def _sums(m: Tensor, v: Tensor, mask: Tensor, c: Tensor, grad: Tensor) -> Tensor:
+    """``[||u||^2, ||phi u||^2, nnz, ||g||_0]`` from the stored moments, mask and gradient."""
     u = _direction_c(m, v, c)
     phi_f = mask.to(m.dtype)
     u_sq = u * u
-    return torch.stack([u_sq.sum(), (u_sq * phi_f).sum(), phi_f.sum()])
+    active = torch.where(grad != 0, 1.0, 0.0).to(m.dtype)
+    return torch.stack([u_sq.sum(), (u_sq * phi_f).sum(), phi_f.sum(), active.sum()])
 
 
 def _coefficients(
     sums: Tensor, numel: Tensor, lr: Tensor, hyper: Tensor, cfg: MaskConfig
 ) -> Tensor:
-    """``[1 - lr * wd, lr * scale * alpha, alpha, density]`` from complete sums.
+    """``[1 - lr * wd, lr * scale * alpha, alpha, density, grad density]`` from complete sums.
 
     Scalar work done once per tensor: inside the element loop of the apply pass Inductor
     recomputed it (float64 casts and divisions) for every vector of elements, which made
     that pass ~1.5x slower.
     """
-    coef, alpha, density = compensation(sums[0], sums[1], sums[2], numel, cfg)
+    coef, alpha, density, grad_density = compensation(
+        sums[0], sums[1], sums[2], numel, cfg, sums[3]
+    )
     lr = lr.to(sums.dtype)
-    return torch.stack([1 - lr * hyper[3].to(sums.dtype), lr * coef, alpha, density])
+    return torch.stack([1 - lr * hyper[3].to(sums.dtype), lr * coef, alpha, density, grad_density])
 
 
 def _apply(param: Tensor, m: Tensor, v: Tensor, mask: Tensor, c: Tensor, k: Tensor) -> None:
@@ -374,7 +377,7 @@ def compiled_alphaadam(
         lr_t, hyper = scalars_on(p.device)
         if p.numel() == 0:
             # A zero-size (local shard of a) tensor: nothing to touch, its sums are zero.
-            sums = torch.zeros(3, dtype=m.dtype, device=p.device)
+            sums = torch.zeros(4, dtype=m.dtype, device=p.device)
             if reduce_sums is None:
                 k_values.append(_coefficients(sums, numel_t, lr_t, hyper, cfg))
             else:
@@ -392,7 +395,7 @@ def compiled_alphaadam(
             moments_and_mask(
                 _flat(g), flat[1], flat[2], mask, c, mask_kind=cfg.mask, maximize=hp.maximize
             )
-        sums = _compiled_fn("sums")(flat[1], flat[2], mask, c)
+        sums = _compiled_fn("sums")(flat[1], flat[2], mask, c, _flat(g))
         if reduce_sums is None:
             # Coefficients in a call of their own: a graph holding both the option-dependent
             # scalar code and a reduction is compiled per option set and per size class,
@@ -403,7 +406,7 @@ def compiled_alphaadam(
         else:
             pending.append((flat, mask, c, sums, numel_t, lr_t, hyper, k_prev, exact))
     if pending:
-        # One collective for the whole bucket: rows are tensors, columns the three sums.
+        # One collective for the whole bucket: rows are tensors, columns the four sums.
         # Tensors that reused their previous multiplier are already updated (no waiting).
         reduced = reduce_sums(torch.stack([item[3].to(torch.float64) for item in pending]))
         for (flat, mask, c, _, numel_t, lr_t, hyper, k_prev, exact), row in zip(
@@ -413,7 +416,7 @@ def compiled_alphaadam(
             if flat is not None:
                 _apply_unless_updated(apply, flat, mask, c, k, k_prev, exact)
             k_values.append(k)
-    # k = [decay, step, alpha, density]; the state gets the last two. Copied here, not
+    # k = [decay, step, alpha, density, grad density]; the state gets the last three. Copied here, not
     # inside the compiled code: Inductor (torch 2.13, CPU) drops in-place writes to float64
     # 0-d inputs.
     torch._foreach_copy_(

@@ -32,6 +32,7 @@ from .sharding import LocalBucket
 SOURCE = Path(__file__).with_name("csrc") / "alphaadam_cpu.cpp"
 MASK_KINDS = {"none": 0, "async": 1, "sync": 2}
 ALPHA_KINDS = {"none": 0, "ratio": 1, "sqrt_ratio": 2}
+RESCALE_KINDS = {False: 0, True: 1, "active": 2}
 CPU_PARAM_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 # Flags per instruction set torch reports. FMA contraction is allowed (as in torch's own
@@ -128,13 +129,15 @@ def cpu_alphaadam(
     """
     ext = load_extension()
     params, grads, stats = bucket.params, bucket.grads, bucket.stats
-    alphas = [a for a, _ in stats] if cfg.active else []
-    densities = [d for _, d in stats] if cfg.active else []
+    alphas, densities, grad_densities = (
+        (list(t) for t in zip(*stats)) if cfg.active else ([], [], [])
+    )
     # Unpacked for the C++ signature, which takes plain values.
     lr, beta1, beta2, eps = _lr_value(hp.lr), hp.beta1, hp.beta2, hp.eps
     weight_decay, bias_correction, maximize = hp.weight_decay, hp.bias_correction, hp.maximize
     mask_kind = MASK_KINDS[cfg.mask]
     alpha_kind = ALPHA_KINDS[cfg.alpha]
+    rescale_kind = RESCALE_KINDS[cfg.rescale]
     # One-pass: each tensor's previous multiplier (0: take the exact step), read in C++.
     previous = _NO_PREVIOUS
     if bucket.previous_scales is not None and cfg.active:
@@ -151,13 +154,13 @@ def cpu_alphaadam(
         )
         ext.step(
             params, grads, bucket.exp_avgs, bucket.exp_avg_sqs, bucket.steps, alphas,
-            densities, previous, _byte_buffer(workspace, "cpu_kept", largest), lr, beta1,
-            beta2, eps,
+            densities, grad_densities, previous, _byte_buffer(workspace, "cpu_kept", largest),
+            lr, beta1, beta2, eps,
             weight_decay, bias_correction, maximize, mask_kind, alpha_kind,
-            float(cfg.alpha_max), cfg.rescale,
+            float(cfg.alpha_max), rescale_kind,
         )  # fmt: skip
         return
-    # Local shards: pass 1 for all, one all_reduce of the [n, 3] sums, pass 2 for all (for the
+    # Local shards: pass 1 for all, one all_reduce of the [n, 4] sums, pass 2 for all (for the
     # tensors that took a one-pass update in pass 1, only their alpha and density). Every
     # mask is alive between the passes: consecutive slices of one buffer.
     reuses = previous.gt(0).tolist() if previous.numel() else [False] * len(grads)
@@ -172,6 +175,6 @@ def cpu_alphaadam(
     sums = bucket.reduce_sums(sums).to(torch.float64).contiguous()
     ext.apply_from_sums(
         params, bucket.exp_avgs, bucket.exp_avg_sqs, bucket.steps, masks, sums,
-        list(bucket.numels), alphas, densities, previous, lr, beta1, beta2, eps, weight_decay,
-        bias_correction, alpha_kind, float(cfg.alpha_max), cfg.rescale,
+        list(bucket.numels), alphas, densities, grad_densities, previous, lr, beta1, beta2, eps,
+        weight_decay, bias_correction, alpha_kind, float(cfg.alpha_max), rescale_kind,
     )  # fmt: skip

@@ -9,8 +9,8 @@ int64 tables travel to the device each step:
 * per chunk: the tensor index and start element (cached: it depends only on the sizes).
 
 Pass 1 (``_moments_kernel``) reads ``g, m, v``, writes ``m, v`` and the mask byte and adds the
-chunk's ``||u||^2``, ``||phi u||^2`` and ``nnz`` into per-tensor accumulators with
-``tl.atomic_add`` (fp32, fp32, int32). Between the passes a few tiny torch ops turn the sums
+chunk's ``||u||^2``, ``||phi u||^2``, ``nnz`` and ``||g||_0`` (the nonzero gradient elements)
+into per-tensor accumulators with ``tl.atomic_add`` (fp32, fp32, int32, int32). Between the passes a few tiny torch ops turn the sums
 (all-reduced over shards first, under FSDP2) into ``lr * d/(nnz+1) * alpha`` per tensor.
 Pass 2 (``_apply_kernel``) reads ``p, m, v`` and the mask byte, recomputes ``u`` and writes
 ``p``. With ``mask="none"`` there are no sums and pass 1 applies the AdamW update itself.
@@ -81,7 +81,7 @@ def _moments_kernel(
     chunk_start_ptr,  # int64 [chunks]
     bc_ptr,  # fp32 [2, n]: 1 - b1^t, sqrt(1 - b2^t)
     sums_ptr,  # fp32 [2, n]: ||u||^2, ||phi u||^2
-    nnz_ptr,  # int32 [n]
+    nnz_ptr,  # int32 [2, n]: ||phi||_0, ||g||_0
     mask_ptr,  # uint8 [total]
     lr_ptr,  # fp32 [] (for MASK_MODE == 0 and ONE_PASS)
     prev_ptr,  # fp32 [n]: previous multiplier, 0 = exact step (only for ONE_PASS)
@@ -116,6 +116,7 @@ def _moments_kernel(
     total = tl.zeros((BLOCK,), dtype=tl.float32)
     kept = tl.zeros((BLOCK,), dtype=tl.float32)
     count = tl.zeros((BLOCK,), dtype=tl.int32)
+    active = tl.zeros((BLOCK,), dtype=tl.int32)
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
         inb = offs < numel
@@ -155,10 +156,12 @@ def _moments_kernel(
             total += u_sq
             kept += tl.where(phi, u_sq, 0.0)
             count += phi.to(tl.int32)
+            active += tl.where(g != 0, 1, 0)  # g is 0 out of bounds (`other`)
     if MASK_MODE != 0:
         tl.atomic_add(sums_ptr + t, tl.sum(total, axis=0))
         tl.atomic_add(sums_ptr + n_tensors + t, tl.sum(kept, axis=0))
         tl.atomic_add(nnz_ptr + t, tl.sum(count, axis=0))
+        tl.atomic_add(nnz_ptr + n_tensors + t, tl.sum(active, axis=0))
 
 
 def _apply_kernel(
@@ -334,7 +337,7 @@ def _step_group(
     one_pass = bucket.previous_scales is not None and mask_code != MASK_NONE
     prev = torch.stack(bucket.previous_scales).float() if one_pass else lr  # lr: an unused pointer
     sums = torch.zeros(2, n, dtype=torch.float32, device=device)
-    nnz = torch.zeros(n, dtype=torch.int32, device=device)
+    nnz = torch.zeros(2, n, dtype=torch.int32, device=device)
     mask = torch.empty(total if mask_code else 0, dtype=torch.uint8, device=device)
     tl_dtype = _tl_dtype(p_dtype)
     if n_chunks:
@@ -349,12 +352,14 @@ def _step_group(
 
     counts = nnz.to(torch.float32)
     if bucket.reduce_sums is not None:
-        reduced = bucket.reduce_sums(torch.cat([sums.double(), counts.double()[None]]))
-        sums, counts = reduced[:2].float(), reduced[2].float()
+        reduced = bucket.reduce_sums(torch.cat([sums.double(), counts.double()]))
+        sums, counts = reduced[:2].float(), reduced[2:].float()
     numel_t = torch.tensor(bucket.numels, dtype=torch.float32).to(device, non_blocking=True)
-    coef, alpha, density = compensation(sums[0], sums[1], counts, numel_t, cfg)
-    torch._foreach_copy_([s[0] for s in stats], list(alpha.unbind(0)))
-    torch._foreach_copy_([s[1] for s in stats], list(density.unbind(0)))
+    coef, alpha, density, grad_density = compensation(
+        sums[0], sums[1], counts[0], numel_t, cfg, counts[1]
+    )
+    for j, values in enumerate((alpha, density, grad_density)):
+        torch._foreach_copy_([s[j] for s in stats], list(values.unbind(0)))
     if n_chunks:
         _kernel("apply", interpret)[(n_chunks,)](
             table, n, chunk_tensor, chunk_start, bc, coef.contiguous(), mask, lr, prev,

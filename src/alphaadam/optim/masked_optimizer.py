@@ -14,6 +14,7 @@ direction in its own module.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,7 +26,19 @@ from .masking import MaskConfig, step_scale
 from .sharding import is_dtensor
 
 # The per-tensor diagnostics of a masked step (mask_statistics), in this order.
-STAT_KEYS = ("alpha", "mask_density", "step_scale")
+STAT_KEYS = ("alpha", "mask_density", "grad_density", "step_scale")
+
+log = logging.getLogger(__name__)
+
+# With Algorithm 1's rescale (rescale=True), a tensor whose step multiplier alpha * d/(nnz+1)
+# exceeds this gets one warning (read_mask_statistics). A dense gradient's agreement mask
+# keeps about half of it, so d/(nnz+1) is about 2 and the multiplier at most 2 * alpha_max = 4
+# (reduced Table 3: 2.9 on average); 10 is past anything that regime gives, and far below
+# the 88-550x a sparse embedding gradient produced in reduced Table 1 (docs/optimizer.md).
+RESCALE_WARNING_MULTIPLIER = 10.0
+# Below this gradient density the warning says the gradient is sparse, which
+# rescale="active" corrects; above it, the mask itself keeps few entries, which it does not.
+SPARSE_GRADIENT_DENSITY = 0.5
 
 
 def check_lr(lr: float | Tensor) -> None:
@@ -93,10 +106,14 @@ class MaskedOptimizer(Optimizer):
     def _init_mask_state(
         state: dict[str, Tensor], dtype: torch.dtype, device: torch.device, density: float
     ) -> None:
-        """``alpha`` (1) and ``mask_density`` (``density``) as 0-d tensors, once."""
+        """``alpha`` (1), ``mask_density`` (``density``) and ``grad_density`` (0: no gradient
+        counted yet) as 0-d tensors, once (``grad_density`` also for a checkpoint from before
+        it was kept)."""
         if "alpha" not in state:
             state["alpha"] = torch.ones((), dtype=dtype, device=device)
             state["mask_density"] = torch.full((), density, dtype=dtype, device=device)
+        if "grad_density" not in state:
+            state["grad_density"] = torch.zeros((), dtype=dtype, device=device)
 
     @staticmethod
     def _use_foreach(foreach: bool | None, params: list[Tensor]) -> bool:
@@ -107,13 +124,15 @@ class MaskedOptimizer(Optimizer):
     def mask_statistics(
         self, named_parameters: Iterable[tuple[str, Tensor]] | None = None
     ) -> dict[str, dict[str, Tensor]]:
-        """Last step's per-tensor alpha, mask density and ``step_scale``, as device tensors
-        (no host sync).
+        """Last step's per-tensor alpha, mask density, gradient density (the share of the
+        tensor's elements with a nonzero gradient) and ``step_scale``, as device tensors (no
+        host sync).
 
         ``step_scale`` is the multiplier of the scheduled lr that the last update applied to
         the masked direction: ``alpha * d / (||phi||_0 + 1)`` (``alpha`` alone with
-        ``rescale=False``). A masked optimizer's effective step is this times the lr, which
-        is why masked methods move further than AdamW at the same nominal lr. With
+        ``rescale=False``; ``d`` the nonzero-gradient count with ``rescale="active"``). A
+        masked optimizer's effective step is this times the lr, which is why masked methods
+        move further than AdamW at the same nominal lr. With
         ``one_pass`` (AlphaAdam) it is the previous step's multiplier (the exact one on a
         step that fell back to it), while ``alpha`` and ``mask_density`` are this step's.
 
@@ -135,7 +154,11 @@ class MaskedOptimizer(Optimizer):
                 state = self.state.get(p, {})
                 if "alpha" in state and p in names:
                     applied = step_scale(
-                        state["alpha"], state["mask_density"], p.numel(), group["rescale"]
+                        state["alpha"],
+                        state["mask_density"],
+                        p.numel(),
+                        group["rescale"],
+                        state.get("grad_density"),
                     )
                     reused = state.get("reused_scale")  # one-pass groups only
                     if group.get("one_pass") and reused is not None:
@@ -143,6 +166,7 @@ class MaskedOptimizer(Optimizer):
                     out[names[p]] = {
                         "alpha": state["alpha"],
                         "mask_density": state["mask_density"],
+                        "grad_density": state["grad_density"],
                         "step_scale": applied,
                     }
         return out
@@ -150,7 +174,14 @@ class MaskedOptimizer(Optimizer):
     def read_mask_statistics(
         self, named_parameters: Iterable[tuple[str, Tensor]] | None = None
     ) -> dict[str, dict[str, float]]:
-        """:meth:`mask_statistics` as Python floats, with one host transfer per device."""
+        """:meth:`mask_statistics` as Python floats, with one host transfer per device.
+
+        Also the one place a host sees them, so it warns here (once per tensor) where
+        Algorithm 1's rescale multiplies a tensor's step beyond
+        ``RESCALE_WARNING_MULTIPLIER``: the trainer reads these at every log step, and code
+        of your own gets the warning by calling this now and then.
+        """
+        named_parameters = None if named_parameters is None else list(named_parameters)
         stats = self.mask_statistics(named_parameters)
         if not stats:
             return {}
@@ -171,4 +202,49 @@ class MaskedOptimizer(Optimizer):
                 .tolist()
             )
             values.update(zip(device_names, rows))
-        return {n: dict(zip(STAT_KEYS, values[n])) for n in names}
+        out = {n: dict(zip(STAT_KEYS, values[n])) for n in names}
+        self._warn_extreme_rescale(out, named_parameters)
+        return out
+
+    def _warn_extreme_rescale(
+        self,
+        stats: dict[str, dict[str, float]],
+        named_parameters: list[tuple[str, Tensor]] | None,
+    ) -> None:
+        """One warning per tensor whose Algorithm 1 rescale (``rescale=True``) made its step
+        multiplier exceed ``RESCALE_WARNING_MULTIPLIER``."""
+        warned = self.__dict__.setdefault("_rescale_warned", set())  # not state: per process
+        if named_parameters is not None:
+            params = dict(named_parameters)
+        else:
+            params = {
+                f"group{i}.param{j}": p
+                for i, g in enumerate(self.param_groups)
+                for j, p in enumerate(g["params"])
+            }
+        rescale_of = {id(p): g["rescale"] for g in self.param_groups for p in g["params"]}
+        for name, values in stats.items():
+            p = params.get(name)
+            if p is None or id(p) in warned or rescale_of.get(id(p)) is not True:
+                continue
+            if not values["step_scale"] > RESCALE_WARNING_MULTIPLIER:
+                continue
+            warned.add(id(p))
+            grad_density = values["grad_density"]
+            if grad_density < SPARSE_GRADIENT_DENSITY:
+                why = (
+                    f"only {grad_density:.2%} of its elements have a nonzero gradient, and "
+                    "Algorithm 1's d/(nnz+1) counts all of them; rescale='active' (an "
+                    "extension, docs/optimizer.md) counts only those, for every tensor or for "
+                    "this one alone (optimizer.param_overrides)"
+                )
+            else:
+                why = (
+                    f"its gradient is dense ({grad_density:.2%} nonzero) but the mask kept few "
+                    "elements; rescale='active' would not change this, rescale=False would"
+                )
+            log.warning(
+                f"{type(self).__name__}: the rescale multiplies the step of {name} "
+                f"(shape {tuple(p.shape)}) by {values['step_scale']:.1f}x the lr (mask density "
+                f"{values['mask_density']:.2%}): {why}. Warned once per tensor."
+            )

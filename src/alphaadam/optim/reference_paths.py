@@ -45,7 +45,7 @@ def single_tensor_alphaadam(
     """
     lr, beta1, beta2, eps = hp.lr, hp.beta1, hp.beta2, hp.eps
     previous_scales = bucket.previous_scales or [None] * len(bucket.params)
-    for param, grad, exp_avg, exp_avg_sq, step_t, (alpha_out, density_out), numel, prev in zip(
+    for param, grad, exp_avg, exp_avg_sq, step_t, stats, numel, prev in zip(
         bucket.params, bucket.grads, bucket.exp_avgs, bucket.exp_avg_sqs, bucket.steps,
         bucket.stats, bucket.numels, previous_scales,
     ):  # fmt: skip
@@ -68,8 +68,8 @@ def single_tensor_alphaadam(
             u = exp_avg / exp_avg_sq.sqrt().add_(eps)
 
         # phi * u, scaled by d/(||phi||_0 + 1) and alpha_t.
-        u, alpha, density = mask_and_compensate(
-            u, phi, cfg, numel=numel, reduce_sums=bucket.reduce_sums, previous_scale=prev
+        u, alpha, density, grad_density = mask_and_compensate(
+            u, phi, cfg, g, numel=numel, reduce_sums=bucket.reduce_sums, previous_scale=prev
         )
 
         if hp.weight_decay != 0:
@@ -79,8 +79,8 @@ def single_tensor_alphaadam(
         if theta is not param:
             param.copy_(theta)
         if alpha is not None:
-            alpha_out.copy_(alpha)
-            density_out.copy_(density)
+            for out, value in zip(stats, (alpha, density, grad_density)):
+                out.copy_(value)
 
 
 # ----------------------------------------------------------------------------------------
@@ -141,17 +141,16 @@ def multi_tensor_alphaadam(
     """The single-tensor path's math with foreach kernels (same arguments)."""
     lr, beta1, beta2, eps = hp.lr, hp.beta1, hp.beta2, hp.eps
     numels, previous_scales = bucket.numels, bucket.previous_scales
-    alphas_out = [a for a, _ in bucket.stats]
-    densities_out = [d for _, d in bucket.stats]
+    alphas_out, densities_out, grad_densities_out = (list(t) for t in zip(*bucket.stats))
     grouped = Optimizer._group_tensors_by_device_and_dtype(
         [
             bucket.params, bucket.grads, bucket.exp_avgs, bucket.exp_avg_sqs, bucket.steps,
-            alphas_out, densities_out,
+            alphas_out, densities_out, grad_densities_out,
         ],
         with_indices=True,
     )  # fmt: skip
     for (_device, _dtype), (
-        (g_params, g_grads, g_m, g_v, g_steps, g_alpha, g_density),
+        (g_params, g_grads, g_m, g_v, g_steps, g_alpha, g_density, g_grad_density),
         indices,
     ) in _cache_sized_chunks(grouped, enabled=bucket.reduce_sums is None):
         g_numels = [numels[i] for i in indices]
@@ -191,10 +190,11 @@ def multi_tensor_alphaadam(
         updates = _divide_into_denominators(g_m, denom)
         del denom
 
-        updates, alphas, densities = foreach_mask_and_compensate(
+        updates, alphas, densities, grad_densities = foreach_mask_and_compensate(
             updates,
             masks,
             cfg,
+            g_grads,
             numels=g_numels,
             reduce_sums=bucket.reduce_sums,
             previous_scales=g_previous,
@@ -216,3 +216,4 @@ def multi_tensor_alphaadam(
         if alphas is not None:
             torch._foreach_copy_(g_alpha, list(alphas.unbind(0)))
             torch._foreach_copy_(g_density, list(densities.unbind(0)))
+            torch._foreach_copy_(g_grad_density, list(grad_densities.unbind(0)))

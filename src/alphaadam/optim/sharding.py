@@ -49,7 +49,7 @@ def _local(t: Tensor | None) -> Tensor | None:
 class LocalBucket:
     """Local shards of tensors sharing one mesh and placements: what a step path updates.
 
-    ``stats`` are each tensor's ``(alpha, mask_density)`` state (``(None, None)`` without a
+    ``stats`` are each tensor's ``(alpha, mask_density, grad_density)`` state (``None``s without a
     mask); ``numels`` are the global element counts; ``reduce_sums`` sums a tensor of
     rank-local per-tensor partial sums over the shards (``None`` when nothing is sharded);
     ``indices`` are the tensors' positions in the lists :func:`local_buckets` was given.
@@ -62,7 +62,7 @@ class LocalBucket:
     exp_avgs: list[Tensor] = field(default_factory=list)
     exp_avg_sqs: list[Tensor] = field(default_factory=list)
     steps: list[Tensor] = field(default_factory=list)
-    stats: list[tuple[Tensor | None, Tensor | None]] = field(default_factory=list)
+    stats: list[tuple[Tensor | None, ...]] = field(default_factory=list)
     numels: list[int] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
     reduce_sums: ReduceSums | None = None
@@ -112,7 +112,7 @@ def local_buckets(
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     steps: list[Tensor],
-    stats: list[tuple[Tensor | None, Tensor | None]],
+    stats: list[tuple[Tensor | None, ...]],
     previous_scales: list[Tensor] | None = None,
 ) -> list[LocalBucket]:
     """Split one param group into buckets of local shards, one per (mesh, placements).

@@ -164,7 +164,11 @@ def pack_examples(
 class GSM8KTask(Task):
     """``data``: ``path`` (local jsonl dir/file, else the hub), ``hf_dataset``,
     ``max_length`` (512), ``packing``, ``eval_batch_size``, ``eval_examples`` (test problems
-    for ``val_loss``, all when null), ``eval_generate_examples`` (0), ``max_new_tokens``.
+    for the answer loss, all when null), ``eval_generate_examples`` (0), ``max_new_tokens``,
+    ``validation_examples`` (0: none; ``n``: the last ``n`` training problems, in file order,
+    are held out as a validation split: ``val_loss`` is then their answer loss and
+    ``test_loss`` the test split's, so an lr chosen on one is reported on the other; without
+    it ``val_loss`` is the test split's, as before).
     ``model``: ``name_or_path``, ``tokenizer``, ``tokenizer_class`` (a transformers class
     name, default ``AutoTokenizer``), ``dtype`` (weights: float32 | bfloat16),
     ``gradient_checkpointing``, ``attn_implementation``; or, to train from scratch,
@@ -184,6 +188,12 @@ class GSM8KTask(Task):
         self.eval_examples = cfg_get(data, "eval_examples")
         self.eval_generate_examples = int(cfg_get(data, "eval_generate_examples", 0))
         self.max_new_tokens = int(cfg_get(data, "max_new_tokens", 256))
+        self.validation_count = cfg_get(data, "validation_examples", 0) or 0
+        if not (isinstance(self.validation_count, int) and self.validation_count >= 0):
+            raise ValueError(
+                f"data.validation_examples={self.validation_count!r}: the number of training "
+                "problems (the file's last ones) held out for validation, a whole number >= 0"
+            )
         self.scratch_config = cfg_get(model, "config")
         if self.scratch_config is not None and cfg_get(model, "name_or_path") is not None:
             raise ValueError(
@@ -208,6 +218,7 @@ class GSM8KTask(Task):
         self.attn_implementation = cfg_get(model, "attn_implementation")
         self.tokenizer = None
         self.train_examples: list[dict[str, list[int]]] | None = None
+        self.validation_set: list[dict[str, list[int]]] | None = None
 
     def setup(self, accelerator=None) -> None:
         import transformers
@@ -236,20 +247,34 @@ class GSM8KTask(Task):
             train, test = self._load_raw()
         limit = None if self.eval_examples is None else int(self.eval_examples)
         self.test_records = test[:limit]
+        validation = []
+        if self.validation_count:
+            if self.validation_count >= len(train):
+                raise ValueError(
+                    f"data.validation_examples={self.validation_count} leaves no training "
+                    f"problem (the train split has {len(train)})"
+                )
+            train, validation = train[: -self.validation_count], train[-self.validation_count :]
         if train:
             sample = f"{format_prompt(train[0]['question'])} {train[0]['answer'].strip()}"
             check_round_trip(self.tokenizer, sample, self.tokenizer_path)
         self.train_examples = self._encode(train, "train")
-        self.val_examples = self._encode(self.test_records, "test")
-        for split, examples in (("train", self.train_examples), ("test", self.val_examples)):
+        self.test_examples = self._encode(self.test_records, "test")
+        self.validation_set = self._encode(validation, "validation") if validation else None
+        splits = [("train", self.train_examples), ("test", self.test_examples)]
+        if validation:
+            splits.append(("validation", self.validation_set))
+        for split, examples in splits:
             check_targets(examples, split, self.tokenizer_path, self.max_length)
         if self.packing:
             self.train_examples = pack_examples(self.train_examples, self.max_length)
         log.info(
-            "GSM8K: %d train sequences (packing=%s), %d test problems for val_loss",
+            "GSM8K: %d train sequences (packing=%s), %d validation problems (held out of "
+            "train), %d test problems",
             len(self.train_examples),
             self.packing,
-            len(self.val_examples),
+            len(validation),
+            len(self.test_examples),
         )
 
     def _load_raw(self):
@@ -374,11 +399,25 @@ class GSM8KTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, accelerator=None) -> dict[str, float]:
-        """Token-averaged answer loss on the test problems; exact match when enabled."""
+        """Token-averaged answer loss: ``val_loss`` on the validation problems and
+        ``test_loss`` on the test problems (``val_loss`` is the test problems' without a
+        validation split); exact match on the test problems when enabled."""
         self._require_setup()
+        if self.validation_set is None:
+            metrics = {"val_loss": self._answer_loss(model, accelerator, self.test_examples)}
+        else:
+            metrics = {
+                "val_loss": self._answer_loss(model, accelerator, self.validation_set),
+                "test_loss": self._answer_loss(model, accelerator, self.test_examples),
+            }
+        if self.eval_generate_examples > 0:
+            metrics.update(self._exact_match(model, accelerator))
+        return metrics
+
+    def _answer_loss(self, model: nn.Module, accelerator, examples) -> float:
         rank = accelerator.process_index if accelerator is not None else 0
         world = accelerator.num_processes if accelerator is not None else 1
-        n = len(self.val_examples)
+        n = len(examples)
         per_rank = math.ceil(n / world)
         shard = list(range(rank * per_rank, min(n, (rank + 1) * per_rank)))
         device = next(model.parameters()).device
@@ -389,7 +428,7 @@ class GSM8KTask(Task):
         try:
             for start in range(0, len(shard), self.eval_batch_size):
                 batch = self.collate(
-                    [self.val_examples[i] for i in shard[start : start + self.eval_batch_size]]
+                    [examples[i] for i in shard[start : start + self.eval_batch_size]]
                 )
                 batch = {k: v.to(device) for k, v in batch.items()}
                 labels = batch.pop("labels")
@@ -412,10 +451,7 @@ class GSM8KTask(Task):
         if accelerator is not None and world > 1:
             loss_sum = accelerator.reduce(loss_sum, reduction="sum")
             tokens = accelerator.reduce(tokens, reduction="sum")
-        metrics = {"val_loss": float(loss_sum / tokens)}
-        if self.eval_generate_examples > 0:
-            metrics.update(self._exact_match(model, accelerator))
-        return metrics
+        return float(loss_sum / tokens)
 
     def _exact_match(self, model, accelerator) -> dict[str, float]:
         # Generation runs on the unwrapped model of every process over the same problems

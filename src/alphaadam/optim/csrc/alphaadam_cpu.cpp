@@ -2,7 +2,9 @@
 // that the compiler vectorises (built on first use by alphaadam.optim.fused_cpu).
 //
 // Pass 1 reads g, m, v and writes m, v and the masked direction phi u while it accumulates
-// the per-tensor sums ||u||^2, ||phi u||^2 and ||phi||_0; pass 2 reads phi u back and writes
+// the per-tensor sums ||u||^2, ||phi u||^2, ||phi||_0 and ||g||_0 (the nonzero gradient
+// elements: rescale="active"'s d, and the gradient density reported for every rescale);
+// pass 2 reads phi u back and writes
 // the parameter. Without sharding both passes of one tensor run back to back, and phi u goes
 // to a workspace of the largest tensor's size in the state dtype (pass 2 then reads 4 bytes
 // per element instead of m, v and a mask, 9 bytes, and computes no sqrt or division); a small
@@ -44,11 +46,14 @@ constexpr int64_t kGrain = 1 << 14;
 
 enum MaskKind : int64_t { kMaskNone = 0, kMaskAsync = 1, kMaskSync = 2 };
 enum AlphaKind : int64_t { kAlphaNone = 0, kAlphaRatio = 1, kAlphaSqrtRatio = 2 };
+// d / (nnz + 1) with d = every element (Algorithm 1), d = the nonzero-gradient elements, or 1.
+enum RescaleKind : int64_t { kRescaleNone = 0, kRescaleAll = 1, kRescaleActive = 2 };
+constexpr int kSums = 4;  // ||u||^2, ||phi u||^2, ||phi||_0, ||g||_0 per tensor
 
 struct Hyper {
   double lr, beta1, beta2, eps, weight_decay, alpha_max;
-  bool bias_correction, maximize, rescale;
-  int64_t mask, alpha;
+  bool bias_correction, maximize;
+  int64_t mask, alpha, rescale;
 };
 
 // Decoupled weight decay, every coordinate: theta *= 1 - lr wd.
@@ -132,12 +137,13 @@ void moments_block(P* __restrict p, const P* __restrict g_in, S* __restrict m, S
                    const Consts<S>& c, bool maximize, S decay, S step,
                    double* __restrict sums) {
   double total = 0, kept = 0;
-  double count = 0;
+  double count = 0, active = 0;
   const S sign = maximize ? S(-1) : S(1);
   for (int64_t lo = 0; lo < n; lo += kSub) {
     const int64_t hi = std::min(n, lo + kSub);
-    S sub_total = 0, sub_kept = 0, sub_count = 0;  // a float count is exact up to 2^24
-#pragma omp simd reduction(+ : sub_total, sub_kept, sub_count)
+    // A float count is exact up to 2^24, far above kSub.
+    S sub_total = 0, sub_kept = 0, sub_count = 0, sub_active = 0;
+#pragma omp simd reduction(+ : sub_total, sub_kept, sub_count, sub_active)
     for (int64_t i = lo; i < hi; ++i) {
       const S g = sign * to_state(g_in[i]);
       const S m_old = m[i];
@@ -161,14 +167,17 @@ void moments_block(P* __restrict p, const P* __restrict g_in, S* __restrict m, S
       sub_total += uu;
       sub_kept += uu * phi;  // (u * phi)^2, as the reference paths compute it
       sub_count += phi;
+      sub_active += static_cast<S>(g != S(0));
     }
     total += sub_total;
     kept += sub_kept;
     count += sub_count;
+    active += sub_active;
   }
   sums[0] = total;
   sums[1] = kept;
   sums[2] = count;
+  sums[3] = active;
 }
 
 // ---------------------------------------------------------------------------- pass 2
@@ -214,7 +223,8 @@ void adamw_block(P* __restrict p, const P* __restrict g_in, S* __restrict m, S* 
 // ------------------------------------------------------------------ per-tensor drivers
 // Pass 1 of one tensor; kOut says what it writes: the uint8 `mask` (kWriteMask), the mask and
 // phi u into `kept` (kWriteKept; a byte buffer of at least n * sizeof(S)), or the parameter
-// update with multiplier `step` (kWriteParam; neither buffer is used). Sums go to out[0..2].
+// update with multiplier `step` (kWriteParam; neither buffer is used). Sums go to
+// out[0..kSums).
 template <typename P, typename S, int kOut>
 void tensor_pass1(const at::Tensor& param, const at::Tensor& grad, const at::Tensor& m,
                   const at::Tensor& v, const at::Tensor& mask, const at::Tensor& kept,
@@ -224,7 +234,7 @@ void tensor_pass1(const at::Tensor& param, const at::Tensor& grad, const at::Ten
   // are then added in double in a fixed order, per kBlock block and then over the blocks: the
   // same additions in the same order as one sequential pass, whatever the thread count.
   const int64_t subs = (n + kSub - 1) / kSub;
-  std::vector<double> partial(3 * std::max<int64_t>(subs, 1), 0.0);
+  std::vector<double> partial(kSums * std::max<int64_t>(subs, 1), 0.0);
   P* p_ptr = kOut == kWriteParam ? param.data_ptr<P>() : nullptr;
   const P* g_ptr = grad.data_ptr<P>();
   S* m_ptr = m.data_ptr<S>();
@@ -237,7 +247,7 @@ void tensor_pass1(const at::Tensor& param, const at::Tensor& grad, const at::Ten
       const auto run = [&](auto kernel) {
         kernel(p_ptr ? p_ptr + lo : nullptr, g_ptr + lo, m_ptr + lo, v_ptr + lo,
                mask_ptr ? mask_ptr + lo : nullptr, kept_ptr ? kept_ptr + lo : nullptr, len, c,
-               h.maximize, decay, step, &partial[3 * j]);
+               h.maximize, decay, step, &partial[kSums * j]);
       };
       if (h.mask == kMaskAsync) {
         c.lerp_from_m ? run(moments_block<P, S, kMaskAsync, true, kOut>)
@@ -248,14 +258,14 @@ void tensor_pass1(const at::Tensor& param, const at::Tensor& grad, const at::Ten
       }
     }
   });
-  out[0] = out[1] = out[2] = 0.0;
+  for (int k = 0; k < kSums; ++k) out[k] = 0.0;
   constexpr int64_t kSubsPerBlock = kBlock / kSub;
   for (int64_t first = 0; first < subs; first += kSubsPerBlock) {
-    double block[3] = {0.0, 0.0, 0.0};
+    double block[kSums] = {0.0, 0.0, 0.0, 0.0};
     for (int64_t j = first; j < std::min(subs, first + kSubsPerBlock); ++j) {
-      for (int k = 0; k < 3; ++k) block[k] += partial[3 * j + k];
+      for (int k = 0; k < kSums; ++k) block[k] += partial[kSums * j + k];
     }
-    for (int k = 0; k < 3; ++k) out[k] += block[k];
+    for (int k = 0; k < kSums; ++k) out[k] += block[k];
   }
 }
 
@@ -299,12 +309,14 @@ void tensor_adamw(const at::Tensor& param, const at::Tensor& grad, const at::Ten
   });
 }
 
-// [1 - lr wd, lr * scale * alpha, alpha, density] from a tensor's complete sums: a copy, in
-// double, of masking.compensation (scale * alpha, alpha, density) on the Python side, which
-// tests/test_fused_cpu.py checks it against.
-std::array<double, 4> coefficients(const double* sums, double numel, const Hyper& h) {
-  const double total = sums[0], kept = sums[1], nnz = sums[2];
-  const double scale = h.rescale ? numel / (nnz + 1.0) : 1.0;
+// [1 - lr wd, lr * scale * alpha, alpha, density, grad density] from a tensor's complete
+// sums: a copy, in double, of masking.compensation (scale * alpha, alpha, density, grad
+// density) on the Python side, which tests/test_fused_cpu.py checks it against.
+std::array<double, 5> coefficients(const double* sums, double numel, const Hyper& h) {
+  const double total = sums[0], kept = sums[1], nnz = sums[2], active = sums[3];
+  double scale = 1.0;
+  if (h.rescale == kRescaleAll) scale = numel / (nnz + 1.0);
+  if (h.rescale == kRescaleActive) scale = active / (nnz + 1.0);
   double alpha = 1.0;
   if (h.alpha != kAlphaNone) {
     if (kept > 0) {
@@ -316,7 +328,8 @@ std::array<double, 4> coefficients(const double* sums, double numel, const Hyper
     alpha = std::min(alpha, h.alpha_max);
   }
   const double density = nnz / std::max(numel, 1.0);
-  return {decay_factor(h), h.lr * scale * alpha, alpha, density};
+  return {decay_factor(h), h.lr * scale * alpha, alpha, density,
+          active / std::max(numel, 1.0)};
 }
 
 void check_tensor(const at::Tensor& t, const char* name, int64_t i) {
@@ -340,11 +353,13 @@ void dispatch(at::ScalarType p, at::ScalarType s, F&& f) {
 
 Hyper make_hyper(double lr, double beta1, double beta2, double eps, double weight_decay,
                  bool bias_correction, bool maximize, int64_t mask, int64_t alpha,
-                 double alpha_max, bool rescale) {
+                 double alpha_max, int64_t rescale) {
   TORCH_CHECK(mask >= 0 && mask <= 2, "mask kind must be 0 (none), 1 (async) or 2 (sync)");
   TORCH_CHECK(alpha >= 0 && alpha <= 2, "alpha kind must be 0 (none), 1 (ratio) or 2 (sqrt)");
+  TORCH_CHECK(rescale >= 0 && rescale <= 2,
+              "rescale kind must be 0 (none), 1 (all elements) or 2 (active elements)");
   return Hyper{lr, beta1, beta2, eps, weight_decay, alpha_max, bias_correction, maximize,
-               rescale, mask, alpha};
+               mask, alpha, rescale};
 }
 
 void check_lists(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
@@ -385,24 +400,27 @@ const double* previous_multipliers(const at::Tensor& previous_scales, size_t n) 
 }  // namespace
 
 // The whole step for unsharded tensors: each tensor's pass 1, coefficients and pass 2 in turn.
-// alphas/densities are the 0-d state tensors to receive alpha and the mask density (empty
-// lists for mask="none"); previous_scales: see previous_multipliers. workspace: a uint8 buffer
+// alphas/densities/grad_densities are the 0-d state tensors to receive alpha, the mask density
+// and the gradient density (empty lists for mask="none"); previous_scales: see
+// previous_multipliers. workspace: a uint8 buffer
 // of at least (sizeof(state element) + 1) bytes per element of the largest masked tensor,
 // phi u and then the mask of one tensor at a time, owned by the optimizer and reused every
 // step (the step allocates nothing large).
 void step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
           const std::vector<at::Tensor>& exp_avgs, const std::vector<at::Tensor>& exp_avg_sqs,
           const std::vector<at::Tensor>& steps, const std::vector<at::Tensor>& alphas,
-          const std::vector<at::Tensor>& densities, const at::Tensor& previous_scales,
-          const at::Tensor& workspace, double lr,
+          const std::vector<at::Tensor>& densities, const std::vector<at::Tensor>& grad_densities,
+          const at::Tensor& previous_scales, const at::Tensor& workspace, double lr,
           double beta1, double beta2, double eps, double weight_decay, bool bias_correction,
-          bool maximize, int64_t mask, int64_t alpha, double alpha_max, bool rescale) {
+          bool maximize, int64_t mask, int64_t alpha, double alpha_max, int64_t rescale) {
   check_lists(params, grads, exp_avgs, exp_avg_sqs, steps);
   const Hyper h = make_hyper(lr, beta1, beta2, eps, weight_decay, bias_correction, maximize,
                              mask, alpha, alpha_max, rescale);
   TORCH_CHECK(h.mask == kMaskNone || (alphas.size() == params.size() &&
-                                      densities.size() == params.size()),
-              "a masked step needs one alpha and one mask_density tensor per parameter");
+                                      densities.size() == params.size() &&
+                                      grad_densities.size() == params.size()),
+              "a masked step needs one alpha, mask_density and grad_density tensor per "
+              "parameter");
   const double* previous = previous_multipliers(previous_scales, params.size());
   TORCH_CHECK(workspace.scalar_type() == at::kByte && workspace.is_contiguous() &&
                   workspace.device().is_cpu(),
@@ -418,7 +436,7 @@ void step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& 
         if (n > 0) tensor_adamw<P, S>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], c, h);
         return;
       }
-      double sums[3] = {0, 0, 0};
+      double sums[kSums] = {0, 0, 0, 0};
       if (previous != nullptr && previous[i] > 0) {  // one pass: the previous multiplier
         if (n > 0) {
           tensor_pass1<P, S, kWriteParam>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i],
@@ -429,6 +447,7 @@ void step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& 
         const auto k = coefficients(sums, static_cast<double>(n), h);
         write_scalar(alphas[i], k[2]);
         write_scalar(densities[i], k[3]);
+        write_scalar(grad_densities[i], k[4]);
         return;
       }
       const int64_t kept_bytes = n * static_cast<int64_t>(sizeof(S));
@@ -447,12 +466,13 @@ void step(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& 
       }
       write_scalar(alphas[i], k[2]);
       write_scalar(densities[i], k[3]);
+      write_scalar(grad_densities[i], k[4]);
     });
   }
 }
 
 // Pass 1 of every (local shard of a) tensor: increments the steps, updates the moments, fills
-// masks[i] (uint8, one per element) and returns the [n, 3] float64 partial sums. A tensor
+// masks[i] (uint8, one per element) and returns the [n, kSums] float64 partial sums. A tensor
 // with previous_scales[i] > 0 (one-pass) writes its parameter instead of a mask (masks[i]
 // may then be empty): the update never waits for the all-reduce of the sums.
 at::Tensor moments_and_sums(const std::vector<at::Tensor>& params,
@@ -468,9 +488,9 @@ at::Tensor moments_and_sums(const std::vector<at::Tensor>& params,
   TORCH_CHECK(masks.size() == grads.size(), "one mask per tensor");
   TORCH_CHECK(mask != kMaskNone, "moments_and_sums is for masked steps");
   const Hyper h = make_hyper(lr, beta1, beta2, eps, weight_decay, bias_correction, maximize, mask,
-                             kAlphaNone, 1.0, false);
+                             kAlphaNone, 1.0, kRescaleNone);
   const double* previous = previous_multipliers(previous_scales, grads.size());
-  at::Tensor sums = at::zeros({static_cast<int64_t>(grads.size()), 3},
+  at::Tensor sums = at::zeros({static_cast<int64_t>(grads.size()), kSums},
                               at::TensorOptions().dtype(at::kDouble));
   double* out = sums.data_ptr<double>();
   for (size_t i = 0; i < grads.size(); ++i) {
@@ -488,10 +508,11 @@ at::Tensor moments_and_sums(const std::vector<at::Tensor>& params,
         tensor_pass1<P, S, kWriteParam>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i],
                                         masks[i], at::Tensor(), c, h,
                                         static_cast<S>(decay_factor(h)),
-                                        static_cast<S>(h.lr * previous[i]), out + 3 * i);
+                                        static_cast<S>(h.lr * previous[i]), out + kSums * i);
       } else {
         tensor_pass1<P, S, kWriteMask>(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i],
-                                       masks[i], at::Tensor(), c, h, S(0), S(0), out + 3 * i);
+                                       masks[i], at::Tensor(), c, h, S(0), S(0),
+                                       out + kSums * i);
       }
     });
   }
@@ -507,17 +528,18 @@ void apply_from_sums(const std::vector<at::Tensor>& params,
                      const at::Tensor& sums, const std::vector<int64_t>& numels,
                      const std::vector<at::Tensor>& alphas,
                      const std::vector<at::Tensor>& densities,
+                     const std::vector<at::Tensor>& grad_densities,
                      const at::Tensor& previous_scales, double lr, double beta1,
                      double beta2, double eps, double weight_decay, bool bias_correction,
-                     int64_t alpha, double alpha_max, bool rescale) {
+                     int64_t alpha, double alpha_max, int64_t rescale) {
   const size_t n = params.size();
   TORCH_CHECK(exp_avgs.size() == n && exp_avg_sqs.size() == n && steps.size() == n &&
                   masks.size() == n && numels.size() == n && alphas.size() == n &&
-                  densities.size() == n,
+                  densities.size() == n && grad_densities.size() == n,
               "apply_from_sums: every list needs one entry per parameter");
   TORCH_CHECK(sums.scalar_type() == at::kDouble && sums.dim() == 2 && sums.size(0) == (int64_t)n &&
-                  sums.size(1) == 3 && sums.is_contiguous() && sums.device().is_cpu(),
-              "sums must be a contiguous CPU float64 tensor of shape [n, 3]");
+                  sums.size(1) == kSums && sums.is_contiguous() && sums.device().is_cpu(),
+              "sums must be a contiguous CPU float64 tensor of shape [n, 4]");
   const Hyper h = make_hyper(lr, beta1, beta2, eps, weight_decay, bias_correction, false,
                              kMaskAsync, alpha, alpha_max, rescale);
   const double* s = sums.data_ptr<double>();
@@ -529,13 +551,14 @@ void apply_from_sums(const std::vector<at::Tensor>& params,
     dispatch(params[i].scalar_type(), exp_avgs[i].scalar_type(), [&](auto p_tag, auto s_tag) {
       using P = decltype(p_tag);
       using S = decltype(s_tag);
-      const auto k = coefficients(s + 3 * i, static_cast<double>(numels[i]), h);
+      const auto k = coefficients(s + kSums * i, static_cast<double>(numels[i]), h);
       if (!updated && params[i].numel() > 0) {
         tensor_pass2<P, S>(params[i], exp_avgs[i], exp_avg_sqs[i], masks[i],
                            loop_consts<S>(h, t), static_cast<S>(k[0]), static_cast<S>(k[1]));
       }
       write_scalar(alphas[i], k[2]);
       write_scalar(densities[i], k[3]);
+      write_scalar(grad_densities[i], k[4]);
     });
   }
 }
