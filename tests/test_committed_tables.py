@@ -64,10 +64,17 @@ def test_the_study_plan_is_exactly_the_committed_runs(tmp_path):
     root = tmp_path / "results" / "reduced"
     for sweep in STUDY_SWEEPS:
         study = Study.load(sweep, extra=[f"study.root={root}"])
+        # A study still running (`study.finished: false`, flipped when its last run is
+        # committed) may have jobs left; what it has committed must still be its own jobs.
+        finished = bool(study.spec.get("finished", False))
         planned = set()
         for method, task in study.groups():
             state = group_state(study, method, task)
-            assert state.grid_final and not state.waiting, (sweep, method, task, state.waiting)
+            if finished:
+                assert state.grid_final and not state.waiting, (sweep, method, task, state.waiting)
             planned |= {job.run_dir for job in state.jobs}
         committed = {p.parent for p in (root / sweep).rglob("summary.json")}
-        assert planned == committed, (sweep, sorted(planned ^ committed))
+        if finished:
+            assert planned == committed, (sweep, sorted(planned ^ committed))
+        else:
+            assert committed <= planned, (sweep, sorted(committed - planned))

@@ -304,3 +304,52 @@ def test_real_gsm8k_gives_the_papers_702_steps(gsm_env):
     )
     # every gold answer parses as a number
     assert all(gold_answer(r["answer"]) is not None for r in task.test_records)
+
+
+def test_validation_split_is_the_last_training_problems_held_out(gsm_env, tmp_path):
+    data_dir, model_dir = gsm_env
+    train = [json.loads(line) for line in (data_dir / "train.jsonl").read_text().splitlines()]
+    task = make_task(gsm_env, validation_examples=4)
+    assert len(task.train_examples) == len(train) - 4
+    # The same 4 problems as the test split of another task: its answer loss must be the
+    # first task's val_loss; the first task's test_loss is its own test split's.
+    other = tmp_path / "held_out"
+    other.mkdir()
+    (other / "train.jsonl").write_text((data_dir / "train.jsonl").read_text())
+    (other / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train[-4:]))
+    reference = GSM8KTask({"path": str(other), "max_length": 128}, {"name_or_path": str(model_dir)})
+    reference.setup(None)
+    plain = make_task(gsm_env)
+    torch.manual_seed(0)
+    model = task.build_model()
+    metrics = task.evaluate(model)
+    assert set(metrics) == {"val_loss", "test_loss"}
+    assert metrics["val_loss"] == pytest.approx(reference.evaluate(model)["val_loss"], rel=1e-12)
+    assert metrics["test_loss"] == pytest.approx(plain.evaluate(model)["val_loss"], rel=1e-12)
+
+
+def test_validation_split_that_leaves_no_training_problem_is_refused(gsm_env):
+    with pytest.raises(ValueError, match="validation_examples=16 leaves no training problem"):
+        make_task(gsm_env, validation_examples=16)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"question": "q", "answer": "1 #### 1"', r"train.jsonl:3: not valid JSON \(.* at column"),
+        (
+            '{"question": "q", "answer": "no final answer"}',
+            r"train.jsonl:3: GSM8K answer has no '####'",
+        ),
+        ('{"question": "q"}', r"train.jsonl:3: expected keys 'question' and 'answer'"),
+    ],
+    ids=["malformed", "no-gold-answer", "no-answer-key"],
+)
+def test_a_bad_gsm8k_line_is_named_by_file_and_line_at_load(tmp_path, line, message):
+    from alphaadam.eval.gsm8k import read_gsm8k_jsonl
+
+    good = json.dumps({"question": "q", "answer": "2 #### 2"})
+    path = tmp_path / "train.jsonl"
+    path.write_text(f"{good}\n\n{line}\n{good}\n")  # line 2 is blank, line 3 the bad one
+    with pytest.raises(ValueError, match=message):
+        read_gsm8k_jsonl(path)

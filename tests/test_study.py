@@ -187,3 +187,116 @@ def test_refine_that_keeps_the_choice_runs_seeds_at_that_lr_only(tmp_path: Path)
     # 0.004 (2.0) still beats its midpoints 0.002 (2.2) and 0.008 (2.1).
     assert state.grid_final and state.choice.lr == 0.004
     assert [(j.lr, j.seed) for j in state.waiting] == [(0.004, 2)]
+
+
+# ---------------------------------------------------- lattice, points, shared lr, tasks
+def test_lattice_lrs_are_computed_from_their_index_so_steps_never_drift():
+    from alphaadam.study import Lattice, refined, widened
+
+    lattice = Lattice(1e-3, 2)
+    # 1e-3 x 2^(k/2), 3 significant digits, by hand: k = 5 -> 5.657e-3, k = 11 -> 4.525e-2.
+    assert [lattice.lr(k) for k in (-1, 0, 1, 5, 7, 11)] == [
+        0.000707, 0.001, 0.00141, 0.00566, 0.0113, 0.0453,
+    ]  # fmt: skip
+    # Doubling the rounded 2.26e-2 would give 4.52e-2; the lattice's k = 11 is 4.53e-2.
+    assert widened(0.0226, 2.0, "high", lattice) == 0.0453
+    assert widened(0.0226, 2.0, "high") == 0.0452  # without a lattice: x2, then 3 digits
+    assert widened(0.002, 2.0, "low", lattice) == 0.001
+    # Refinement: the lattice points halfway (one sqrt(2) step) to each grid neighbour.
+    assert refined([0.002, 0.004, 0.008], 0.004, lattice) == [0.00283, 0.00566]
+    # A neighbour one step away has no lattice point between: nothing to add there.
+    assert refined([0.00283, 0.004, 0.008], 0.004, lattice) == [0.00566]
+    with pytest.raises(ValueError, match="not on the study's lattice"):
+        lattice.index(0.003)
+    with pytest.raises(ValueError, match="not a whole number of lattice steps"):
+        lattice.steps(3.0)
+
+
+def _lattice_study(root: Path, *extra: str) -> Study:
+    return Study.load(
+        "reduced_scaling",
+        extra=[
+            f"study.root={root}",
+            "~study.methods",
+            "+study.methods={adamw:{lrs:[0.002,0.004],overrides:[]},"
+            "alphaadam:{lrs:[0.002,0.004],overrides:[]}}",
+            "~study.points",
+            "+study.points={d128_s500:{overrides:[],lr_shift:0},"
+            "d64_s500:{overrides:['model.n_embd=64','model.n_head=2'],lr_shift:1,seeds:[1,2]}}",
+            "study.max_widenings=0",
+            "study.refine=false",
+            *extra,
+        ],
+    )
+
+
+def test_points_name_their_run_directories_by_what_they_set_and_shift_their_grid(tmp_path):
+    study = _lattice_study(tmp_path)
+    assert study.tasks == ["d128_s500", "d64_s500"]
+    assert study.run_dir("adamw", "d64_s500", 0.00283, 1) == (
+        tmp_path / "reduced_scaling" / "d64_s500" / "adamw" / "lr0.00283_seed1"
+    )
+    # lr_shift = +1 lattice step: 2e-3, 4e-3 -> 2.83e-3, 5.66e-3.
+    assert study.start_grid("adamw", "d64_s500") == [0.00283, 0.00566]
+    assert study.start_grid("adamw", "d128_s500") == [0.002, 0.004]
+    assert study.seeds_for("d64_s500") == [1, 2] and study.seeds_for("d128_s500") == [1, 2, 3]
+    job = study.job("adamw", "d64_s500", 0.00283, 1, "grid")
+    assert "model.n_embd=64" in job.overrides and "model.n_head=2" in job.overrides
+
+
+def test_a_point_whose_overrides_compose_to_another_name_is_refused(tmp_path):
+    study = _lattice_study(
+        tmp_path, "study.points.d64_s500.overrides=['model.n_embd=32','model.n_head=1']"
+    )
+    with pytest.raises(ValueError, match="composes to point='d32_s500'"):
+        study.run_dir("adamw", "d64_s500", 0.00283, 1)
+
+
+def test_shared_lr_every_method_runs_adamws_choice_with_every_seed(tmp_path):
+    study = _lattice_study(tmp_path)
+    point = "d128_s500"
+    # AlphaAdam's grid finishes first: its seeds wait for AdamW's choice.
+    for lr, loss in ((0.002, 2.0), (0.004, 2.1)):
+        _complete(study.run_dir("alphaadam", point, lr, 1), loss)
+    state = group_state(study, "alphaadam", point)
+    assert not state.grid_final and state.waiting == []
+    # AdamW chooses 4e-3, which AlphaAdam has run at seed 1: its seeds 2-3 run at its own
+    # choice (2e-3) and, as the shared stage, at AdamW's.
+    for lr, loss in ((0.002, 2.5), (0.004, 2.4)):
+        _complete(study.run_dir("adamw", point, lr, 1), loss)
+    state = group_state(study, "alphaadam", point)
+    assert state.grid_final and state.choice.lr == 0.002
+    assert [(j.lr, j.seed, j.stage) for j in state.waiting] == [
+        (0.002, 2, "seeds"), (0.002, 3, "seeds"), (0.004, 2, "shared"), (0.004, 3, "shared"),
+    ]  # fmt: skip
+
+
+def test_a_shared_lr_outside_a_methods_grid_becomes_one_of_its_grid_points(tmp_path):
+    study = _lattice_study(tmp_path)
+    point = "d128_s500"
+    for lr, loss in ((0.002, 2.6), (0.004, 2.4)):
+        _complete(study.run_dir("adamw", point, lr, 1), loss)
+    # AdamW's grid has no widening here (max_widenings=0): it keeps 4e-3. Give AlphaAdam a
+    # grid without it, so the shared lr must be added at seed 1 first.
+    study.spec.methods.alphaadam.lrs = [0.001, 0.002]
+    for lr, loss in ((0.001, 2.2), (0.002, 2.0)):
+        _complete(study.run_dir("alphaadam", point, lr, 1), loss)
+    state = group_state(study, "alphaadam", point)
+    assert state.grid == [0.001, 0.002, 0.004]
+    assert [(j.lr, j.seed, j.stage) for j in state.waiting] == [(0.004, 1, "grid")]
+
+
+def test_a_method_with_tasks_of_its_own_runs_only_those(tmp_path):
+    study = Study.load(
+        "reduced_table1",
+        extra=[
+            f"study.root={tmp_path}",
+            "~study.methods",
+            "+study.methods={adamw:{lrs:[0.0001],overrides:[]},"
+            "alphaadam_norescale:{lrs:[0.0001],overrides:[],tasks:[stsb,mrpc]}}",
+        ],
+    )
+    assert study.groups() == [
+        ("adamw", "stsb"), ("alphaadam_norescale", "stsb"), ("adamw", "mrpc"),
+        ("alphaadam_norescale", "mrpc"), ("adamw", "cola"),
+    ]  # fmt: skip

@@ -29,6 +29,25 @@ from .selection import choose_lr  # noqa: E402
 from .tables import format_lr  # noqa: E402
 
 ALPHA_MAX = 2.0  # the paper's clip (Appendix F.4), drawn as a reference line
+# One colour per method in every figure (a variant: its method's colour, dashed).
+METHOD_COLORS = {
+    "adamw": "tab:blue",
+    "adamw_sm": "tab:orange",
+    "cadamw": "tab:orange",
+    "adamw_am": "tab:purple",
+    "alphaadam": "tab:green",
+    "alphaadam_onepass": "tab:olive",
+    "adam_mini": "tab:brown",
+    "alphaadam_active": "tab:green",
+    "cadamw_active": "tab:orange",
+    "alphaadam_norescale": "tab:gray",
+    "alphaadam_embed_norescale": "tab:pink",
+}
+DASHED = {"alphaadam_active", "cadamw_active", "alphaadam_onepass"}
+# Chance-level references of the reduced Table 1 tasks' dev metrics: MRPC's dev split has 279
+# paraphrases of 408 pairs (always "paraphrase" scores 68.4 %); Matthews correlation 0 is
+# a constant prediction on CoLA.
+REFERENCE_LINES = {"MRPC": (279 / 408, "majority class"), "COLA": (0.0, "MCC = 0")}
 LOG_SCALE_RATIO = 4.0  # loss max/min from which the y axis is logarithmic
 GPT2_SIZES = ("gpt2_small", "gpt2_medium", "gpt2_large")
 TABLE3_EXPERIMENTS = ("ablation_table3", "reduced_table3")
@@ -77,6 +96,17 @@ def mean_curve(runs: list[Run], column: str = "loss") -> pd.DataFrame:
     return pd.DataFrame({"step": joined.index, column: joined.mean(axis=1).to_numpy()})
 
 
+def method_color(optimizer: str) -> str:
+    """The colour of ``optimizer`` in every figure (a fixed cycle colour for others)."""
+    if optimizer in METHOD_COLORS:
+        return METHOD_COLORS[optimizer]
+    return f"C{sum(map(ord, optimizer)) % 10}"
+
+
+def method_style(optimizer: str) -> dict:
+    return {"color": method_color(optimizer), "linestyle": "--" if optimizer in DASHED else "-"}
+
+
 def _save(fig, out_dir: Path, name: str, report: FigureReport) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for ext in ("png", "pdf"):
@@ -102,14 +132,18 @@ def _minor_log_label(value: float, _pos) -> str:
     )
 
 
-def _loss_panel(ax, runs: list[Run], title: str) -> None:
+def _loss_panel(ax, runs: list[Run], title: str, from_fraction: float = 0.0) -> None:
+    """Each method's training loss at its chosen lr (mean over seeds); ``from_fraction`` > 0
+    draws only the steps from that fraction of training on, where the gaps are small."""
     losses: list[float] = []
     for opt, chosen in best_lr_runs(runs).items():
         curve = mean_curve(chosen)
+        if from_fraction:
+            curve = curve[curve["step"] >= from_fraction * chosen[0].summary["max_steps"]]
         label = f"{opt} (lr {chosen[0].lr:g}" + (
             f", {len(chosen)} seeds)" if len(chosen) > 1 else ")"
         )
-        ax.plot(curve["step"], curve["loss"], label=label, linewidth=1.4)
+        ax.plot(curve["step"], curve["loss"], label=label, linewidth=1.4, **method_style(opt))
         losses.extend(curve["loss"].dropna().tolist())
     ax.set_title(title)
     ax.set_xlabel("training step")
@@ -242,17 +276,15 @@ def figure_lr_sensitivity(
     fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False)
     for ax, (panel, panel_runs) in zip(axes[0], panels.items()):
         chosen = best_lr_runs(panel_runs)
-        for i, (opt, opt_runs) in enumerate(
-            sorted(_group(panel_runs, lambda r: r.optimizer).items())
-        ):
-            color = f"C{i}"
+        for opt, opt_runs in sorted(_group(panel_runs, lambda r: r.optimizer).items()):
+            color = method_color(opt)
             points = pd.DataFrame(
                 [{"lr": r.lr, "value": selection_value(r)} for r in opt_runs]
             ).sort_values("lr")
             finite = points[points["value"].map(math.isfinite)]
             ax.scatter(finite["lr"], finite["value"], color=color, s=12, alpha=0.6)
             means = finite.groupby("lr")["value"].mean()
-            ax.plot(means.index, means.to_numpy(), color=color, label=opt, linewidth=1.3)
+            ax.plot(means.index, means.to_numpy(), label=opt, linewidth=1.3, **method_style(opt))
             best_lr = chosen[opt][0].lr
             if best_lr in means.index:
                 ax.scatter(
@@ -264,13 +296,19 @@ def figure_lr_sensitivity(
         tried = sorted({r.lr for r in panel_runs})
         ax.set_xticks(tried, [format_lr(lr) for lr in tried], fontsize=7)
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        if panel in REFERENCE_LINES:
+            level, what = REFERENCE_LINES[panel]
+            ax.axhline(level, color="black", linewidth=0.8, linestyle=":", label=what)
         ax.set_xlabel("learning rate")
         ax.set_ylabel(_value_label(panel_runs[0]))
         ax.set_title(panel)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(
-        f"{title}\nlr sensitivity: dots = seeds, line = mean, ring = chosen lr", fontsize=10
+        f"{title}\nlr sensitivity: dots = seeds, line = mean, ring = chosen lr (chosen on "
+        "seed 1 over the grid; seeds 2-3 ran only at the chosen lr, so a ring may sit above a "
+        "one-seed dot)",
+        fontsize=9,
     )
     fig.tight_layout()
     _save(fig, out_dir, name, report)
@@ -288,25 +326,27 @@ def figure_step_scale(
 ) -> None:
     """The effective step over training: the mean over tensors of the lr multiplier each
     masked method's update applied (``step_scale_mean``; band: min-max over tensors), at the
-    chosen lr, averaged over seeds. An unmasked optimizer's multiplier is 1."""
+    chosen lr, averaged over seeds. An unmasked optimizer's multiplier is 1. Step 1 is not
+    drawn: the asynchronous mask of step 1 is empty (``m_0 = 0``), its multiplier 0, which a
+    log axis would show as a drop to nothing."""
     panels = _lr_panels(runs)
     fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False)
     drawn = False
     for ax, (panel, panel_runs) in zip(axes[0], panels.items()):
-        for i, (opt, chosen) in enumerate(best_lr_runs(panel_runs).items()):
+        for opt, chosen in best_lr_runs(panel_runs).items():
             if not all("step_scale_mean" in r.train_curve() for r in chosen):
                 continue
             curves = [
-                mean_curve(chosen, c)
+                (lambda c: c[c["step"] >= 2])(mean_curve(chosen, c))
                 for c in ("step_scale_mean", "step_scale_min", "step_scale_max")
             ]
             step = curves[0]["step"]
-            color = f"C{i}"
+            color = method_color(opt)
             ax.plot(
                 step,
                 curves[0]["step_scale_mean"],
-                color=color,
                 label=f"{opt} (lr {chosen[0].lr:g})",
+                **method_style(opt),
             )
             ax.fill_between(
                 step,
@@ -331,9 +371,59 @@ def figure_step_scale(
         return
     fig.suptitle(
         f"{title}\neffective step of the masked methods: line = mean over tensors, "
-        "band = min-max over tensors",
+        "band = min-max over tensors (from step 2: step 1's empty mask moves nothing)",
         fontsize=10,
     )
+    fig.tight_layout()
+    _save(fig, out_dir, name, report)
+
+
+def figure_tensor_multipliers(
+    run: Run, out_dir: Path, report: FigureReport, name: str, title: str, marked: str
+) -> None:
+    """One run's step multiplier ``alpha * d / (nnz + 1)`` of every tensor over training
+    (``mask_stats.jsonl``), the tensors matching the regex ``marked`` (the token embedding)
+    drawn in colour and named, the others grey; the mask density of the same tensors beside
+    it. Step 1 (empty asynchronous mask, multiplier 0) is left out, as in the step-scale
+    figures."""
+    import re
+
+    stats = run.mask_stats
+    assert stats is not None
+    stats = stats[stats["step"] >= 2]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    highlight = {p for p in stats["param"].unique() if re.search(marked, p)}
+    colors = iter(["tab:red", "tab:purple", "tab:brown", "tab:cyan"])
+    for param, sub in stats.groupby("param", sort=False):
+        sub = sub.sort_values("step")
+        if param in highlight:
+            style = {
+                "color": next(colors, "tab:red"),
+                "linewidth": 2.0,
+                "label": param,
+                "zorder": 3,
+            }
+        else:
+            style = {"color": "0.6", "linewidth": 0.6, "alpha": 0.6}
+        # An empty mask (multiplier and density 0) has no place on a log axis: a gap.
+        positive = sub.where(sub[["step_scale", "mask_density"]] > 0)
+        left.plot(sub["step"], positive["step_scale"], **style)
+        right.plot(sub["step"], positive["mask_density"], **style)
+    median = stats.groupby("step")["step_scale"].median()
+    left.plot(median.index, median.to_numpy(), color="black", linewidth=1.4, label="median tensor")
+    left.axhline(1.0, color="black", linewidth=0.8, linestyle=":", label="1 = the lr as given")
+    left.set_yscale("log")
+    left.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:g}"))
+    left.set_ylabel("lr multiplier alpha * d / (nnz + 1)")
+    left.set_title(f"every tensor's multiplier ({stats['param'].nunique()} tensors, grey)")
+    right.set_yscale("log")
+    right.set_ylabel("mask density ||phi||_0 / d")
+    right.set_title("the share of each tensor the mask kept")
+    for ax in (left, right):
+        ax.set_xlabel("training step")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: {run.experiment} / {run.optimizer}, lr {run.lr:g}, seed {run.seed}")
     fig.tight_layout()
     _save(fig, out_dir, name, report)
 
@@ -360,8 +450,11 @@ def reduced_figures(runs: RunSet, out_dir: Path, report: FigureReport, alpha_ste
         figure_step_scale(selected, out_dir, report, f"step_scale_{experiment}", title)
     t3 = runs.select(experiment="reduced_table3")
     if t3:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        # The late gaps are a few hundredths on a loss that falls from 5.5: a second panel
+        # from 40 % of training on shows them.
+        fig, (ax, late) = plt.subplots(1, 2, figsize=(11, 4))
         _loss_panel(ax, t3, REDUCED_FIGURES["reduced_table3"])
+        _loss_panel(late, t3, "from 40 % of training", from_fraction=0.4)
         fig.suptitle("Figure 2 at reduced scale: training loss")
         fig.tight_layout()
         _save(fig, out_dir, "figure2_reduced_loss", report)
@@ -392,6 +485,21 @@ def reduced_figures(runs: RunSet, out_dir: Path, report: FigureReport, alpha_ste
             )
             continue
         figure_alpha(run, out_dir, report, name, title, alpha_step_value)
+    # The sparse-gradient finding: on STS-B the word embedding's multiplier is in the hundreds.
+    stsb = [r for r in runs.select(experiment="reduced_table1") if r.summary["dataset"] == "stsb"]
+    chosen = best_lr_runs(stsb).get("alphaadam", [])
+    first_seed = min((r.seed for r in chosen), default=None)
+    run = pick_alpha_run([r for r in chosen if r.seed == first_seed])
+    if run is None:
+        report.skipped.append("step_scale_per_tensor_reduced_table1_stsb: no STS-B AlphaAdam run")
+    else:
+        figure_tensor_multipliers(
+            run, out_dir, report, "step_scale_per_tensor_reduced_table1_stsb",
+            "Per-tensor step multiplier, reduced Table 1 STS-B", r"word_embeddings",
+        )  # fmt: skip
+    from .figures_scaling import scaling_figures
+
+    scaling_figures(runs, out_dir, report)
 
 
 def make_figures(
