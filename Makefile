@@ -2,7 +2,7 @@ PYTHON ?= python
 # Torch on 2 CPU cores: more threads than cores only adds contention.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: run install test test-fast lint format bench doc-tables tables figures reproduce-small
+.PHONY: run install test test-fast lint format bench doc-tables tables figures reproduce-small check-runs
 
 # `make run` and `make test` install what they need on their first call and only run after
 # that. The stamp is per interpreter (a new virtualenv installs again), and editing
@@ -68,6 +68,13 @@ $(STUDY_STAMP): $(STAMP)
 reproduce-small: $(STUDY_STAMP)
 	$(PYTHON) scripts/reproduce_small.py $(if $(TABLES),--tables $(TABLES)) $(if $(DRY_RUN),--dry-run) $(STUDY_ARGS)
 	$(if $(DRY_RUN),,$(PYTHON) scripts/make_tables.py --root $(RESULTS) && $(PYTHON) scripts/make_figures.py --root $(RESULTS))
+
+# Does HEAD still reproduce the committed runs? A sample (one run per study and commit) re-run
+# for CHECK_STEPS steps from each run's own config.yaml, compared value by value; exits 1 past
+# the tolerance (scripts/check_runs.py). Writes results/check_runs.md.
+CHECK_STEPS ?= 50
+check-runs: $(STAMP)
+	$(PYTHON) scripts/check_runs.py --steps $(CHECK_STEPS) --report results/check_runs.md $(CHECK_ARGS)
 
 # One SLURM sweep per paper result (docs/slurm.md): `make sweep-table1 DRY_RUN=1` prints the
 # jobs without submitting; SWEEP_ARGS takes Hydra overrides (hydra.launcher.partition=gpu ...).
