@@ -21,9 +21,11 @@ install:
 	@rm -f $(STAMP)
 	@$(MAKE) --no-print-directory $(STAMP)
 
-# The embedded default: a tiny GPT on a generated corpus, CPU (RUN_ARGS: Hydra overrides).
+# The embedded default (a tiny GPT on a generated corpus, CPU) trained twice, AdamW and
+# AlphaAdam at once, then a comparison table and a loss figure of the two run directories
+# (RUN_ARGS: Hydra overrides for both runs).
 run: $(STAMP)
-	$(PYTHON) train.py $(RUN_ARGS)
+	$(PYTHON) -m alphaadam.results.quickstart $(RUN_ARGS)
 
 # The test command the README and CI use (slow-marked checks included; PYTEST_ARGS: extra args).
 test: $(STAMP)

@@ -58,6 +58,8 @@ def default_sample(root: Path) -> list[Path]:
     ).stdout.split()
     chosen: dict[tuple[str, str], Path] = {}
     for name in sorted(n for n in listed if n.endswith("/summary.json")):
+        if not (REPO / name).is_file():  # committed, but removed from this checkout
+            continue
         summary = json.loads((REPO / name).read_text())
         study = next((s for s in STUDIES if f"/{s}/" in f"/{name}"), None)
         if study is None or summary.get("status") != "completed":

@@ -183,7 +183,7 @@ def test_table2_names_its_single_scorer(tmp_path: Path):
     _scored_gsm(tmp_path, "a", "adamw", 0.25, "lm_eval", 5, 100)
     table = build_table2(load_runs(tmp_path), load_paper(PAPER))
     assert "accuracy scorer: lm_eval, 5-shot, first 100 test problems" in table.notes
-    assert dict(zip(table.header, table.rows[1]))["Adam"] == "25.00"
+    assert dict(zip(table.header, table.rows[1]))["AdamW"] == "25.00"
 
 
 def test_format_lr_keeps_the_digits_an_lr_has():

@@ -326,8 +326,8 @@ def test_table2_cells_by_hand(tmp_path: Path):
     # mean(35, 36) = 35.5, sd = sqrt(2 * 0.5^2) = 0.707; loss mean 0.045, sd 0.00707
     assert acc["AlphaAdam"] == "35.50 ± 0.71"
     assert loss["AlphaAdam"] == "0.045 ± 0.007"
-    assert acc["Adam"] == "34.00" and loss["Adam"] == "0.060"
-    assert acc["CAdam"] == "—"
+    assert acc["AdamW"] == "34.00" and loss["AdamW"] == "0.060"
+    assert acc["CAdamW"] == "—"
     assert dict(zip(header, table.rows[0]))["AlphaAdam"] == "34.94"
     assert dict(zip(header, table.rows[4]))["AlphaAdam"] == "2 @ 5e-5"
 

@@ -26,8 +26,25 @@ def extra_label(optimizer: str) -> str:
 
 
 def scales_note(runs: list[Run]) -> list[str]:
+    """The runs' scale (reduced ones), then the code versions that made them."""
     scales = sorted({r.scale for r in runs})
-    return [f"scale: {s}" for s in scales if s != "paper"]
+    return [f"scale: {s}" for s in scales if s != "paper"] + versions_note(runs)
+
+
+def versions_note(runs: list[Run]) -> list[str]:
+    """Which commits made the runs, with counts (``git_sha`` of each summary: the code a run
+    started with), most runs first; "uncommitted changes" where a run recorded a dirty tree."""
+    counts: dict[str, int] = {}
+    for run in runs:
+        sha = str(run.summary.get("git_sha") or "unknown")[:7]
+        if run.summary.get("git_dirty"):
+            sha += " + uncommitted changes"
+        counts[sha] = counts.get(sha, 0) + 1
+    if not counts:
+        return []
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    listed = ", ".join(f"{sha} ({n} run{'s' if n > 1 else ''})" for sha, n in ordered)
+    return [f"code versions (git_sha in summary.json): {listed}"]
 
 
 def is_reduced(experiment: str, paper_experiment: str) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from ..runs import Problem, Run, RunSet
-from .layout import extra_label, lr_grid_rows, seeds_at_lr
+from .layout import extra_label, lr_grid_rows, scales_note, seeds_at_lr, versions_note
 from .render import MISSING, Cell, Table, format_cell, format_lr, format_paired
 from .stats import (
     chosen_by_group,
@@ -207,13 +207,12 @@ def build_point_table(point: Point) -> Table:
             + [format_cell(Cell(sub[c].dropna().tolist(), lr), 3) for c in COLUMNS]
             + [format_cell(scale, 2), _effective(lr, scale), seeds_at_lr(Cell(sub["value"].tolist(), lr))]
         )  # fmt: skip
-    scales = sorted({r.scale for r in point.runs})
     table = Table(
         point.experiment,
         f"Scaling study, point {point.name}: test loss at each method's chosen lr",
         header,
         rows,
-        [f"scale: {s}" for s in scales]
+        scales_note(point.runs)
         + [
             "test_loss (the test half of the held-out text) at 20/40/60/100% of the run, mean ± "
             "sd over the seeds at the chosen lr; the lr was chosen on the final val_loss (the "
@@ -374,6 +373,7 @@ def build_summary_table(points: list[Point]) -> Table:
             "pairs would detect at 80% power.",
             "params: the model's parameters (embeddings included, the tied head once); tokens: "
             "16 x 256 per step.",
+            *versions_note([r for point in points for r in point.runs]),
         ],
         [p for point in points for p in point.problems],
     )

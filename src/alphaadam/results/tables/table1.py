@@ -193,7 +193,7 @@ def build_table1(
         else f"Avg = mean of the {len(shown)} selected task values (not the paper's 7-task Avg)."
     )
     notes = (
-        scales_note(glue_runs)
+        scales_note([r for r in glue_runs if r.optimizer not in ABLATION_METHODS])
         + [
             f"{ours}: summary.{value_source}[primary_metric] x{scale:g}; per task and optimizer the lr "
             "chosen on equal seed counts, then mean ± sd over every seed at that lr. " + avg_note,
@@ -307,7 +307,14 @@ def build_rescale_ablation(
         "fails on sparse gradients",
         header,
         rows,
-        scales_note(selected.runs)
+        scales_note(
+            [
+                r
+                for r in selected.runs
+                if r.optimizer in ABLATION_ROWS
+                and canonical_glue_task(r.summary["dataset"]) in tasks
+            ]
+        )
         + [
             "Each row at its own lr (the Table 1 grid, widened at an edge), mean ± sd over 3 "
             "seeds; vs AdamW: paired difference (same seed) with its 95% t interval, positive = "
