@@ -9,6 +9,12 @@ lr, grad norm, alpha, mask density, step scale, evaluations), wall-clock keys ex
     python scripts/check_runs.py                  # the default sample, 50 steps each
     python scripts/check_runs.py --steps 20 results/reduced/reduced_table3/adamw/lr0.008_seed1
 
+``--reference-code DIR`` compares with a re-run by the code in DIR (a checkout of the commit
+that made the run, say ``git worktree add /tmp/at-3ff63c8 3ff63c8``) on this machine instead of
+the committed records: the committed runs were made on other machines, and a CPU with another
+instruction set (AVX2 against AVX-512) vectorises sums differently, so that comparison tells
+the code's part from the machine's.
+
 Per run it prints the commit that made it, whether the prefix is bit-identical, the first
 (step, key) that differs and the largest relative difference over the prefix. It exits 1 when
 any run's largest relative difference exceeds ``--tolerance`` (default 1e-3: float rounding
@@ -96,11 +102,13 @@ def compare(committed: dict, fresh: dict, steps: int) -> tuple[int, tuple | None
     return compared, first, worst
 
 
-def rerun(run_dir: Path, steps: int, workdir: Path, timeout: float) -> Path:
-    """The run again from its config.yaml, stopped once step ``steps`` is logged."""
+def rerun(run_dir: Path, steps: int, workdir: Path, timeout: float, code: Path = REPO) -> Path:
+    """The run again from its config.yaml with the code in ``code``, stopped once step
+    ``steps`` is logged."""
     import yaml
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "run"
     trainer = cfg["trainer"]
     trainer.update(run_dir=str(out), resume=False, progress_bar=False, checkpoint_every=0,
@@ -108,11 +116,12 @@ def rerun(run_dir: Path, steps: int, workdir: Path, timeout: float) -> Path:
     config = workdir / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(code / "src"),
                                                      os.environ.get("PYTHONPATH")) if p)}  # fmt: skip
     log = (workdir / "log.txt").open("w")
     proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--worker", str(config)],
+        [sys.executable, str(Path(__file__).resolve()), "--worker", str(config),
+         "--worker-code", str(code)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.monotonic() + timeout
@@ -138,27 +147,42 @@ def rerun(run_dir: Path, steps: int, workdir: Path, timeout: float) -> Path:
     return metrics
 
 
-def check(run_dir: Path, steps: int, timeout: float) -> Comparison:
+def check(run_dir: Path, steps: int, timeout: float, reference: Path | None = None) -> Comparison:
     summary = json.loads((run_dir / "summary.json").read_text())
     sha = summary.get("git_sha", "?")
     with tempfile.TemporaryDirectory(prefix="check_runs_") as tmp:
         try:
-            fresh = rerun(run_dir, steps, Path(tmp), timeout)
+            fresh = rerun(run_dir, steps, Path(tmp) / "head", timeout)
+            expected = run_dir / "metrics.jsonl"
+            if reference is not None:
+                expected = rerun(run_dir, steps, Path(tmp) / "reference", timeout, reference)
         except (RuntimeError, TimeoutError) as err:
             return Comparison(run_dir, sha, 0, None, math.nan, str(err))
-        compared, first, worst = compare(
-            records(run_dir / "metrics.jsonl"), records(fresh), steps
-        )
+        compared, first, worst = compare(records(expected), records(fresh), steps)
     return Comparison(run_dir, sha, compared, first, worst)
 
 
-def report(results: list[Comparison], steps: int, tolerance: float, head: str) -> str:
+def machine() -> str:
+    import platform
+
+    import torch
+
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor() or "unknown CPU",
+    ) if Path("/proc/cpuinfo").is_file() else platform.processor()  # fmt: skip
+    return f"{model}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+
+
+def report(results: list[Comparison], steps: int, tolerance: float, head: str, against: str) -> str:
     lines = [
         "# Committed runs re-run at HEAD",
         "",
-        f"`python scripts/check_runs.py --steps {steps}` at `{head[:7]}`: each run re-run "
-        f"from its config.yaml for {steps} steps (one thread), every value logged at the same "
-        f"step compared. Tolerance on the largest relative difference: {tolerance:g}.",
+        f"`python scripts/check_runs.py --steps {steps}` at `{head[:7]}` on {machine()}: each "
+        f"run re-run from its config.yaml for {steps} steps (one thread), every value logged at "
+        f"the same step compared with {against}. Tolerance on the largest relative difference: "
+        f"{tolerance:g}.",
         "",
         "| run | made by | values | bit-identical | first difference (step, key: committed / now) "
         "| largest relative difference | within tolerance |",
@@ -167,11 +191,17 @@ def report(results: list[Comparison], steps: int, tolerance: float, head: str) -
     for r in results:
         name = r.run_dir.relative_to(REPO) if r.run_dir.is_relative_to(REPO) else r.run_dir
         if r.error:
-            lines.append(f"| `{name}` | `{r.git_sha[:7]}` | — | — | error: {r.error[:120]} | — | no |")
+            lines.append(
+                f"| `{name}` | `{r.git_sha[:7]}` | — | — | error: {r.error[:120]} | — | no |"
+            )
             continue
-        first = "—" if r.first_difference is None else (
-            f"{r.first_difference[0]}, {r.first_difference[1]}: "
-            f"{r.first_difference[2]:.9g} / {r.first_difference[3]:.9g}"
+        first = (
+            "—"
+            if r.first_difference is None
+            else (
+                f"{r.first_difference[0]}, {r.first_difference[1]}: "
+                f"{r.first_difference[2]:.9g} / {r.first_difference[3]:.9g}"
+            )
         )
         lines.append(
             f"| `{name}` | `{r.git_sha[:7]}` | {r.compared} | {'yes' if r.identical else 'no'} "
@@ -180,14 +210,17 @@ def report(results: list[Comparison], steps: int, tolerance: float, head: str) -
     return "\n".join(lines) + "\n"
 
 
-def worker(config: Path) -> None:
+def worker(config: Path, code: Path) -> None:
     from omegaconf import OmegaConf
 
     from alphaadam.trainer import main as train_main
 
     cfg = OmegaConf.load(config)
-    # A trainer key added since the run was made takes its documented default.
-    cfg.trainer = OmegaConf.merge(OmegaConf.load(REPO / "configs/trainer/default.yaml"), cfg.trainer)
+    # A trainer key added since the run was made takes the code's documented default, and a
+    # key that code does not know (added later) is dropped.
+    defaults = OmegaConf.load(code / "configs/trainer/default.yaml")
+    known = {k: v for k, v in cfg.trainer.items() if k in defaults}
+    cfg.trainer = OmegaConf.merge(defaults, known)
     train_main(cfg)
 
 
@@ -199,23 +232,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
     parser.add_argument("--root", type=Path, default=REPO / "results" / "reduced")
     parser.add_argument("--report", type=Path, default=None, help="write the table here")
+    parser.add_argument(
+        "--reference-code", type=Path, default=None,
+        help="compare with a re-run by the code in this checkout, not the committed records",
+    )  # fmt: skip
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-code", type=Path, default=REPO, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker)
+        worker(args.worker, args.worker_code)
         return 0
     runs = [p.resolve() for p in args.runs] or default_sample(args.root)
-    head = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip() or "unknown"
+    head = (
+        subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        or "unknown"
+    )
     results = []
     for run_dir in runs:
-        result = check(run_dir, args.steps, args.timeout)
+        result = check(run_dir, args.steps, args.timeout, args.reference_code)
         results.append(result)
         state = "error" if result.error else ("identical" if result.identical else
                                               f"max rel diff {result.max_relative:.2e}")  # fmt: skip
         print(f"{run_dir} ({result.git_sha[:7]}): {result.compared} values, {state}", flush=True)
-    text = report(results, args.steps, args.tolerance, head)
+    against = (
+        "the committed metrics.jsonl"
+        if args.reference_code is None
+        else f"a re-run by the code in {args.reference_code} on this machine"
+    )
+    text = report(results, args.steps, args.tolerance, head, against)
     print(text)
     if args.report:
         args.report.write_text(text)

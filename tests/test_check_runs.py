@@ -61,3 +61,17 @@ def test_a_tampered_committed_value_is_caught(made_run: Path, tmp_path: Path):
     assert cells[4].startswith("4, train.loss:")
     # The relative difference is the edit's: 1 % of the larger value.
     assert float(cells[5]) == pytest.approx(0.01 / 1.01, rel=1e-2)
+
+
+def test_against_reference_code_the_committed_records_are_not_read(made_run: Path, tmp_path):
+    # The committed loss is edited, but --reference-code compares two fresh re-runs (HEAD and
+    # the given checkout, here HEAD itself): identical, whatever the record says.
+    tampered = tmp_path / "tampered"
+    subprocess.run(["cp", "-r", str(made_run), str(tampered)], check=True)
+    metrics = tampered / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().replace('"loss": ', '"loss": 1', 1))
+    done = _run([str(SCRIPT), "--steps", "4", "--reference-code", str(REPO), str(tampered)])
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert f"a re-run by the code in {REPO} on this machine" in done.stdout
+    row = next(line for line in done.stdout.splitlines() if line.startswith(f"| `{tampered}"))
+    assert [c.strip() for c in row.strip("|").split("|")][3] == "yes"
