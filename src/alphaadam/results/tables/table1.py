@@ -33,7 +33,7 @@ def canonical_glue_task(name: str) -> str:
 @dataclass
 class GlueRecords:
     """Which runs count for one experiment's Table 1: one record per run (task, optimizer,
-    lr, seed, value x scale, step scale), the runs left out and why, and per task its metric
+    lr, seed, value x percent, step scale), the runs left out and why, and per task its metric
     and whether it is maximised."""
 
     runs: list[Run]
@@ -51,7 +51,7 @@ ABLATION_ROWS = ("adamw", "alphaadam", "alphaadam_norescale", "alphaadam_embed_n
 
 
 def table1_records(
-    runs: RunSet, tasks: list[str], experiment: str, value_source: str, scale: float
+    runs: RunSet, tasks: list[str], experiment: str, value_source: str, percent: float
 ) -> GlueRecords:
     all_tasks = [canonical_glue_task(t) for t in tasks]
     problems: list[Problem] = []
@@ -106,7 +106,7 @@ def table1_records(
                 "optimizer": run.optimizer,
                 "lr": run.lr,
                 "seed": run.seed,
-                "value": value * scale,
+                "value": value * percent,
                 "step_scale": step_scale_of(run.summary),
             }
         )
@@ -120,14 +120,14 @@ def build_table1(
     runs: RunSet,
     paper: dict[str, Any],
     value_source: str = "best",
-    scale: float = 100.0,
+    percent: float = 100.0,
     experiment: str = PAPER_EXPERIMENTS["table1"],
 ) -> Table:
     spec = paper["table1"]
     paper_experiment = PAPER_EXPERIMENTS["table1"]
     reduced = is_reduced(experiment, paper_experiment)
     all_tasks = [canonical_glue_task(t) for t in spec["tasks"]]
-    selected = table1_records(runs, spec["tasks"], experiment, value_source, scale)
+    selected = table1_records(runs, spec["tasks"], experiment, value_source, percent)
     glue_runs, problems = selected.runs, selected.problems
     # The rescale ablation has a table of its own (build_rescale_ablation), never these rows.
     records = [r for r in selected.records if r["optimizer"] not in ABLATION_METHODS]
@@ -195,7 +195,7 @@ def build_table1(
     notes = (
         scales_note([r for r in glue_runs if r.optimizer not in ABLATION_METHODS])
         + [
-            f"{ours}: summary.{value_source}[primary_metric] x{scale:g}; per task and optimizer the lr "
+            f"{ours}: summary.{value_source}[primary_metric] x{percent:g}; per task and optimizer the lr "
             "chosen on equal seed counts, then mean ± sd over every seed at that lr. " + avg_note,
             "step scale: mean over seeds of the run's mean lr multiplier of the masked update "
             "(alpha * d / (nnz + 1)); 1 = the lr as given (no mask).",
@@ -261,14 +261,14 @@ def build_rescale_ablation(
     paper: dict[str, Any],
     experiment: str,
     value_source: str = "best",
-    scale: float = 100.0,
+    percent: float = 100.0,
 ) -> Table | None:
     """Reduced Table 1's rescale ablation (docs/reproduction.md, "Sparse gradients and the
     rescale"): on the tasks its ablation methods ran, every row of :data:`ABLATION_ROWS` at
     its own chosen lr, its step scale and its paired difference from AdamW. ``None`` when no
     ablation method has runs."""
     spec = paper["table1"]
-    selected = table1_records(runs, spec["tasks"], experiment, value_source, scale)
+    selected = table1_records(runs, spec["tasks"], experiment, value_source, percent)
     records = selected.records
     tasks = [
         canonical_glue_task(t)

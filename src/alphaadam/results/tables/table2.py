@@ -35,11 +35,11 @@ def describe_scorer(run: Run) -> str | None:
 
 
 def table2_records(
-    runs: RunSet, experiment: str, reduced: bool, accuracy_key: str, scale: float
+    runs: RunSet, experiment: str, reduced: bool, accuracy_key: str, percent: float
 ) -> tuple[list[Run], dict[str, list[dict[str, Any]]], list[dict[str, Any]], list[Problem]]:
     """Which runs count for one experiment's Table 2: at the paper's scale, accuracy records
     per scorer; reduced, answer-loss records (``value`` = final.val_loss, the choice;
-    ``test_loss`` where a validation split was held out; ``em`` = exact match x scale)."""
+    ``test_loss`` where a validation split was held out; ``em`` = exact match x percent)."""
     problems: list[Problem] = []
     gsm_runs, dup = dedupe_seeds(runs.select(task="gsm8k", experiment=experiment), ("optimizer",))
     problems += dup
@@ -62,7 +62,7 @@ def table2_records(
                 {
                     **base,
                     "value": base["val_loss"],
-                    "em": float("nan") if em is None else em * scale,
+                    "em": float("nan") if em is None else em * percent,
                 }
             )
             continue
@@ -87,7 +87,7 @@ def table2_records(
             )
             continue
         scorer = describe_scorer(run) or "scorer not recorded"
-        by_scorer.setdefault(scorer, []).append({**base, "value": acc * scale})
+        by_scorer.setdefault(scorer, []).append({**base, "value": acc * percent})
     return gsm_runs, by_scorer, loss_records, problems
 
 
@@ -95,7 +95,7 @@ def build_table2(
     runs: RunSet,
     paper: dict[str, Any],
     accuracy_key: str = "accuracy",
-    scale: float = 100.0,
+    percent: float = 100.0,
     experiment: str = PAPER_EXPERIMENTS["table2"],
 ) -> Table:
     """Accuracy is never averaged across scorers: one accuracy row per scorer, and the lr of
@@ -106,7 +106,7 @@ def build_table2(
     reduced = is_reduced(experiment, paper_experiment)
     ours = ours_label(experiment, paper_experiment)
     gsm_runs, by_scorer, loss_records, problems = table2_records(
-        runs, experiment, reduced, accuracy_key, scale
+        runs, experiment, reduced, accuracy_key, percent
     )
     # A validation split (data.validation_examples): chosen on val_loss, reported on test_loss.
     held_out = any(not math.isnan(r["test_loss"]) for r in loss_records)
@@ -214,7 +214,7 @@ def build_table2(
                 "averaged together): " + "; ".join(sorted(by_scorer))
             )
         notes.append(
-            f"{ours}: summary.final.{accuracy_key} x{scale:g} and summary.final.train_loss; lr "
+            f"{ours}: summary.final.{accuracy_key} x{percent:g} and summary.final.train_loss; lr "
             "chosen on accuracy (equal seed counts); mean ± sd over seeds."
         )
         table_name = "table2"
