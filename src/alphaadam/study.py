@@ -48,7 +48,13 @@ from omegaconf import DictConfig, OmegaConf
 from .results.selection import LrChoice, choose_lr
 
 REPO = Path(__file__).resolve().parents[2]
-STUDY_SWEEPS = ("reduced_table3", "reduced_table1", "reduced_table2", "reduced_scaling")
+STUDY_SWEEPS = (
+    "reduced_table3",
+    "reduced_table1",
+    "reduced_table2",
+    "reduced_scaling",
+    "reduced_table3_wd0",
+)
 
 
 def format_lr(lr: float) -> str:
