@@ -238,6 +238,51 @@ def test_missing_compiler_says_what_is_needed(tmp_path):
     assert "fused='compile' or fused=False" in proc.stderr
 
 
+def test_a_lock_file_left_by_a_killed_build_does_not_hang_the_next_load():
+    # torch's `lock` file in the build directory, as a process SIGKILLed inside load()
+    # leaves it: without our OS lock, every later load() waits on it forever.
+    from alphaadam.optim import fused_cpu
+
+    flags = fused_cpu._compiler_flags(fused_cpu._isa())
+    directory = fused_cpu.build_directory(fused_cpu.extension_name(fused_cpu._isa(), flags))
+    (directory / "lock").touch()
+    code = "from alphaadam.optim.fused_cpu import load_extension; load_extension(); print('ok')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok"
+    assert not (directory / "lock").exists()
+
+
+def test_a_failed_build_is_not_retried_in_the_same_process(tmp_path):
+    # Each retry costs a whole build attempt: a suite whose every fused='cpu' test retried a
+    # failing build ran for hours. torch's load() is replaced by one that fails and counts.
+    code = (
+        "import torch.utils.cpp_extension as cpp\n"
+        "calls = []\n"
+        "def failing_load(**kwargs):\n"
+        "    calls.append(kwargs['name'])\n"
+        "    raise OSError('no compiler here')\n"
+        "cpp.load = failing_load\n"
+        "from alphaadam.optim.fused_cpu import load_extension\n"
+        "messages = []\n"
+        "for _ in range(3):\n"
+        "    try:\n"
+        "        load_extension()\n"
+        "    except RuntimeError as exc:\n"
+        "        messages.append(str(exc))\n"
+        "print(len(calls), len(messages), len(set(messages)))\n"
+        "print(messages[0])\n"
+    )
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts, message = proc.stdout.splitlines()[:2]
+    assert counts == "1 3 1"  # one build attempt, three calls refused, one message
+    assert "no compiler here" in message and "fused='compile' or fused=False" in message
+
+
 @pytest.mark.parametrize(
     "name", ["alphaadam", "adamw_sm", "adamw_am", "cadamw", "alphaadam_onepass"]
 )

@@ -15,10 +15,12 @@ directory) holds one build per instruction set instead of one that crashes elsew
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -70,27 +72,80 @@ def extension_name(isa: str, flags: list[str]) -> str:
     return f"alphaadam_cpu_{isa.lower()}_{digest}"
 
 
+def build_directory(name: str) -> Path:
+    """Where ``torch.utils.cpp_extension.load`` keeps ``name`` by default (so existing caches
+    are reused): ``$TORCH_EXTENSIONS_DIR/<name>``, else ``<default root>/py311_cpu/<name>``."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root is None:
+        python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+        root = os.path.join(get_default_build_root(), f"{python}_cpu")
+    path = Path(root) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _build_lock(directory: Path) -> Iterator[None]:
+    """An OS lock on ``directory`` held while torch builds or loads the extension there.
+
+    torch guards a build with a plain ``lock`` file that every ``load()`` creates, even when
+    nothing needs building, and that only the process that created it removes. A process
+    killed inside ``load()`` (a SIGKILLed training run, a timed-out test) leaves it behind,
+    and every later ``load()`` then waits on it forever. This lock dies with its process, so
+    whoever holds it knows that any ``lock`` file present is such a leftover and removes it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no fcntl; torch's own lock file alone, as before
+        yield
+        return
+    with open(directory / "alphaadam.flock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (directory / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_build_failure: str | None = None
+
+
 @functools.cache
 def load_extension() -> ModuleType:
-    """Build (once per machine, instruction set and source) and import the C++ step."""
+    """Build (once per machine, instruction set and source) and import the C++ step.
+
+    A failed build is not retried in the same process: every later call raises the same
+    error at once instead of spending another build's minute on it.
+    """
+    global _build_failure
+    if _build_failure is not None:
+        raise RuntimeError(_build_failure)
     from torch.utils.cpp_extension import load
 
     isa = _isa()
     flags = _compiler_flags(isa)
+    name = extension_name(isa, flags)
+    directory = build_directory(name)
     try:
-        return load(
-            name=extension_name(isa, flags),
-            sources=[str(SOURCE)],
-            extra_cflags=flags,
-            verbose=os.environ.get("ALPHAADAM_VERBOSE_BUILD") == "1",
-        )
+        with _build_lock(directory):
+            return load(
+                name=name,
+                sources=[str(SOURCE)],
+                extra_cflags=flags,
+                build_directory=str(directory),
+                verbose=os.environ.get("ALPHAADAM_VERBOSE_BUILD") == "1",
+            )
     except Exception as exc:  # compiler missing, ninja missing, a build error
-        raise RuntimeError(
-            f"fused='cpu' could not build its C++ kernel ({type(exc).__name__}: {exc}). It "
-            "needs a C++ compiler (g++/clang++) and ninja (pip install ninja); set "
-            "ALPHAADAM_VERBOSE_BUILD=1 to see the build log, or use fused='compile' or "
-            "fused=False instead"
-        ) from exc
+        _build_failure = (
+            f"fused='cpu' could not build its C++ kernel in {directory} "
+            f"({type(exc).__name__}: {exc}). It needs a C++ compiler (g++/clang++) and ninja "
+            "(pip install ninja); set ALPHAADAM_VERBOSE_BUILD=1 to see the build log, or use "
+            "fused='compile' or fused=False instead"
+        )
+        raise RuntimeError(_build_failure) from exc
 
 
 _NO_PREVIOUS = torch.empty(0, dtype=torch.float64)  # every tensor takes the exact step
