@@ -473,3 +473,90 @@ def test_mask_statistics_keyed_by_name_and_kept_as_device_tensors(foreach):
     assert set(floats) == set(stats)
     assert all(isinstance(v, float) for s in floats.values() for v in s.values())
     assert set(opt.mask_statistics()) == {f"group0.param{i}" for i in range(4)}
+
+
+# ------------------------------------------------- group hyper-parameters, AdamW states
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"weight_decay": -1.0}, "param group 1: Invalid weight_decay: -1.0"),
+        ({"lr": -1e-3}, "param group 1: Invalid learning rate: -0.001"),
+        ({"eps": -1e-8}, "param group 1: Invalid eps"),
+        ({"betas": (0.9, 1.0)}, r"param group 1: Invalid betas: \(0.9, 1.0\)"),
+    ],
+)
+def test_every_param_groups_hyper_parameters_are_checked(setting, message):
+    # torch checks only the constructor's defaults; a group's own value must not train.
+    a, b = make_params(shapes=[(3,), (2,)])
+    with pytest.raises(ValueError, match=message):
+        AlphaAdam([{"params": [a]}, {"params": [b], **setting}])
+
+
+def test_a_torch_adamw_state_loads_as_the_same_moments_and_continues_like_adamw():
+    # AdamW's exp_avg / exp_avg_sq / step are AlphaAdam's moments. Without a mask
+    # (the "adamw" preset) AlphaAdam continuing from AdamW's state must take AdamW's steps.
+    ours = make_params()
+    theirs = clone_params(ours)
+    adamw = torch.optim.AdamW(theirs, lr=1e-2, weight_decay=0.1)
+    grads = grad_sequence(ours, 6)
+    for g in grads[:3]:
+        set_grads(theirs, g)
+        adamw.step()
+    with torch.no_grad():
+        for a, b in zip(ours, theirs):
+            a.copy_(b)
+    opt = alphaadam_preset("adamw", ours, lr=1e-2, weight_decay=0.1)
+    with pytest.warns(UserWarning, match="converting an Adam/AdamW state"):
+        # a copy, as a checkpoint file gives: torch's loading shares same-dtype tensors
+        opt.load_state_dict(copy.deepcopy(adamw.state_dict()))
+    for g in grads[3:]:
+        set_grads(ours, g)
+        set_grads(theirs, g)
+        opt.step()
+        adamw.step()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert opt.state[ours[0]]["step"].item() == 6
+
+
+def test_a_masked_alphaadam_from_an_adamw_state_masks_its_first_step():
+    # No mask history in an AdamW state, but the momentum is there: the first step after
+    # loading compares the gradient with it (a nonempty mask), unlike a fresh start.
+    params = make_params(shapes=[(50,)])
+    adamw = torch.optim.AdamW(params, lr=1e-3)
+    grads = grad_sequence(params, 3)
+    for g in grads[:2]:
+        set_grads(params, g)
+        adamw.step()
+    momentum = adamw.state[params[0]]["exp_avg"].clone()
+    opt = AlphaAdam(params, lr=1e-3)
+    with pytest.warns(UserWarning):
+        opt.load_state_dict(copy.deepcopy(adamw.state_dict()))
+    assert opt.param_groups[0]["mask"] == "async"
+    assert torch.equal(opt.state[params[0]]["exp_avg"], momentum)
+    set_grads(params, grads[2])
+    opt.step()
+    density = opt.state[params[0]]["mask_density"].item()
+    agree = (torch.sign(grads[2][0]) == torch.sign(momentum)).float()
+    assert density == pytest.approx(agree.mean().item())
+    assert 0 < density < 1
+
+
+@pytest.mark.parametrize(
+    ("make_other", "message"),
+    [
+        (lambda p: torch.optim.AdamW(p, amsgrad=True), "amsgrad=True"),
+        (lambda p: torch.optim.Adam(p, weight_decay=0.1), "coupled .L2. weight_decay=0.1"),
+        (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), "has no 'exp_avg'"),
+    ],
+    ids=["amsgrad", "adam_l2", "sgd"],
+)
+def test_a_state_that_cannot_be_converted_is_refused_naming_what_is_missing(make_other, message):
+    params = make_params(shapes=[(4,)])
+    other = make_other(params)
+    set_grads(params, grad_sequence(params, 1)[0])
+    other.step()
+    opt = AlphaAdam(params)
+    with pytest.raises(ValueError, match=message) as info:
+        opt.load_state_dict(other.state_dict())
+    assert "'mask'" in str(info.value)  # the group keys AlphaAdam needs and did not get

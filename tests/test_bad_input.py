@@ -139,3 +139,12 @@ def test_sentencepiece_and_protobuf_are_in_the_eval_extra():
     ]
     names = {re.split(r"[<>=]", r)[0] for r in extras["eval"]}
     assert {"sentencepiece", "protobuf"} <= names
+
+
+@pytest.mark.parametrize("name", ["adamw", "alphaadam"])
+def test_a_negative_weight_decay_is_refused_before_training(name, tmp_path):
+    # split_decay moves weight_decay into param groups, which torch does not check.
+    with pytest.raises(ValueError, match=r"optimizer.weight_decay=-1 .*>= 0"):
+        run_training(
+            [f"optimizer={name}", "optimizer.weight_decay=-1", "trainer.max_steps=1"], tmp_path
+        )

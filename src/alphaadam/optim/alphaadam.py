@@ -46,6 +46,7 @@ fused back end (docs/optimizer.md, "Code layout").
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from itertools import chain
 from typing import Any
@@ -64,6 +65,10 @@ __all__ = ["AlphaAdam", "PRESETS", "alphaadam_preset"]
 # Group options that choose a code path, not the math: load_state_dict keeps this
 # optimizer's values rather than the checkpoint's.
 IMPLEMENTATION_KEYS = ("foreach", "fused")
+# The group keys an AlphaAdam state has and a torch.optim.AdamW state does not, and the
+# reverse (load_state_dict converts an AdamW state).
+MASK_GROUP_KEYS = ("mask", "alpha", "alpha_max", "rescale", "bias_correction", "one_pass")
+ADAM_ONLY_GROUP_KEYS = ("amsgrad", "capturable", "differentiable", "decoupled_weight_decay")
 
 # The Table 3 ablation family: one class, four settings.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -207,7 +212,7 @@ class AlphaAdam(MaskedOptimizer):
         # state, and a run resumed with `optimizer.fused=true` must get the fused step, not
         # the path the checkpoint was written with.
         paths = [{key: g[key] for key in IMPLEMENTATION_KEYS} for g in self.param_groups]
-        super().load_state_dict(state_dict)
+        super().load_state_dict(self._from_adam_state(state_dict))
         for group, path in zip(self.param_groups, paths):
             group.update(path)
         # torch.optim casts every floating state tensor to its parameter's dtype (rounding the
@@ -223,6 +228,56 @@ class AlphaAdam(MaskedOptimizer):
                 loaded = self.state[p][key]
                 if loaded.dtype != dtype or loaded.device != p.device:
                     self.state[p][key] = value.to(device=p.device, dtype=dtype, copy=True)
+
+    def _from_adam_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        """An AlphaAdam state as it is; a ``torch.optim.AdamW`` (or Adam) state converted.
+
+        AdamW's ``step``, ``exp_avg`` and ``exp_avg_sq`` are AlphaAdam's own moments, so
+        they carry over. An AdamW state has no mask options: each group takes this
+        optimizer's, and there is no mask history, so alpha and the mask statistics start
+        as at step 1 while the mask already compares with the loaded momentum (the first
+        step after loading is masked, not empty). A state that cannot be converted
+        without changing the step (AMSGrad's maximum, Adam's coupled L2 decay, no Adam
+        moments at all) is refused, naming what is wrong.
+        """
+        groups = state_dict["param_groups"]
+        if all(all(key in g for key in MASK_GROUP_KEYS) for g in groups):
+            return state_dict
+        problems = []
+        for i, g in enumerate(groups):
+            if g.get("amsgrad"):
+                problems.append(f"group {i} has amsgrad=True (AlphaAdam keeps no max_exp_avg_sq)")
+            if g.get("decoupled_weight_decay") is False and g.get("weight_decay", 0.0) != 0:
+                problems.append(
+                    f"group {i} has coupled (L2) weight_decay={g['weight_decay']} as "
+                    "torch.optim.Adam; AlphaAdam decays decoupled, as AdamW"
+                )
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            lacking = [i for i, s in state_dict["state"].items() if key not in s]
+            if lacking:
+                have = sorted(state_dict["state"][lacking[0]])
+                problems.append(
+                    f"the state of parameter {lacking[0]} has no {key!r} (it has {have})"
+                )
+        if problems:
+            missing = sorted({key for g in groups for key in MASK_GROUP_KEYS if key not in g})
+            raise ValueError(
+                f"AlphaAdam.load_state_dict: the state has none of AlphaAdam's group keys "
+                f"{missing}, and it is not an Adam/AdamW state that can be converted: "
+                + "; ".join(problems)
+            )
+        warnings.warn(
+            "AlphaAdam.load_state_dict: converting an Adam/AdamW state (step and moments "
+            "kept; mask options from this optimizer; alpha and mask statistics start fresh)",
+            stacklevel=3,
+        )
+        converted = []
+        for g, own in zip(groups, self.param_groups):
+            group = {k: v for k, v in g.items() if k not in ADAM_ONLY_GROUP_KEYS}
+            for key in MASK_GROUP_KEYS:
+                group.setdefault(key, own[key])
+            converted.append(group)
+        return {"state": state_dict["state"], "param_groups": converted}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

@@ -59,8 +59,18 @@ def split_decay(model: nn.Module, cfg: dict[str, Any]) -> list[dict[str, Any]]:
     overrides = cfg.pop("param_overrides", None) or {}
     if "betas" in cfg:
         cfg["betas"] = tuple(cfg["betas"])
-    groups = param_groups(model, weight_decay, no_decay_ndim_lt2)
-    return override_groups(model, groups, overrides)
+    groups = override_groups(model, param_groups(model, weight_decay, no_decay_ndim_lt2), overrides)
+    for group in groups:
+        # torch's optimizers check their defaults only, and these values live in the groups
+        # (optimizer.weight_decay=-1 would otherwise train with a growing weight norm).
+        for key in ("lr", "weight_decay", "eps"):
+            value = group.get(key)
+            if value is not None and not (isinstance(value, (int, float)) and value >= 0):
+                raise ValueError(
+                    f"optimizer.{key}={value!r} (in a param group from optimizer.{key} or "
+                    "optimizer.param_overrides): it must be a number >= 0"
+                )
+    return groups
 
 
 def override_groups(

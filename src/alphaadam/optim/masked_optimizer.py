@@ -59,6 +59,22 @@ def check_betas(betas: tuple[float, float]) -> None:
         raise ValueError(f"Invalid betas: {betas} (two values in [0, 1) expected)")
 
 
+def check_group_hyperparameters(group: dict[str, Any], index: int) -> None:
+    """The checks of the constructors, for one param group's own values."""
+    try:
+        if "lr" in group:
+            check_lr(group["lr"])
+        for name in ("eps", "weight_decay", "dampening"):
+            if name in group:
+                check_nonnegative(name, group[name])
+        if "betas" in group:
+            check_betas(tuple(group["betas"]))
+        if "momentum" in group and not 0.0 <= group["momentum"] < 1.0:
+            raise ValueError(f"Invalid momentum: {group['momentum']} (must be in [0, 1))")
+    except ValueError as exc:
+        raise ValueError(f"param group {index}: {exc}") from None
+
+
 class MaskedOptimizer(Optimizer):
     """Base class of the masked optimizers; subclasses implement :meth:`_step_group`.
 
@@ -79,6 +95,12 @@ class MaskedOptimizer(Optimizer):
 
     def _step_group(self, group: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        # torch checks the constructor's defaults only; a group's own lr, betas, eps or
+        # weight_decay (param_groups, optimizer.param_overrides) would otherwise train.
+        check_group_hyperparameters({**self.defaults, **param_group}, len(self.param_groups))
+        super().add_param_group(param_group)
 
     # ------------------------------------------------------------------ state
     def _check_param(self, p: Tensor, whole_tensor_mask: MaskConfig | None = None) -> None:
