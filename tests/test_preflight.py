@@ -82,7 +82,7 @@ def _stand_ins(experiment: str, tmp: Path) -> list[str]:
             f"model.tokenizer={write_tiny_llama(tmp / 'llama')}",
             "model.tokenizer_class=AutoTokenizer",
         ]
-    if experiment == "reduced_table3":
+    if experiment in ("reduced_table3", "reduced_scaling"):
         (tmp / "input.txt").write_text("To be, or not to be.\n" * 100)
         return [*common, f"data.path={tmp / 'input.txt'}"]
     if experiment.startswith("roberta_glue"):
@@ -124,7 +124,7 @@ def test_every_experiment_passes_with_local_stand_ins(
     assert report.ok, report.render()
     checks = _by_name(report)
     expected = {"config", "tokenizer", "data", "params", "optimizer", "memory", "batch", "output"}
-    if experiment in ("shakespeare_cpu", "reduced_table3"):
+    if experiment in ("shakespeare_cpu", "reduced_table3", "reduced_scaling"):
         expected.add("cache")  # where the text's tokens are cached
     if cfg_uses_hf_model(experiment):
         expected.add("model")  # the transformers model's files

@@ -127,7 +127,10 @@ def test_metrics_mask_stats_and_summary_follow_run_dir_md(tmp_path):
     assert len(names) == 15
     assert sorted(r["param"] for r in stats if r["step"] == 3) == sorted(names)
     assert {r["step"] for r in stats} == {3, 6}
-    assert all(set(r) == {"step", "param", "alpha", "mask_density", "step_scale"} for r in stats)
+    keys = {"step", "param", "alpha", "mask_density", "grad_density", "step_scale"}
+    assert all(set(r) == keys for r in stats)
+    # A dense tiny GPT: every gradient element is nonzero after the first step.
+    assert all(r["grad_density"] == 1.0 for r in stats if r["param"] != "transformer.wpe.weight")
     params = dict(_tiny_model().named_parameters())
     for r in stats:  # Algorithm 1's multiplier of lr: alpha * d / (||phi||_0 + 1)
         d = params[r["param"]].numel()

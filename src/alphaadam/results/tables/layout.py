@@ -116,8 +116,11 @@ def paper_note(experiment: str, paper_experiment: str) -> list[str]:
 
 
 def label_of(entries: list[dict[str, Any]], optimizer: str) -> str:
+    """Our name for ``optimizer``: an entry's ``name`` where ours differs from the paper's
+    ``label`` (Table 2's "Adam" is our AdamW), else its label."""
     return next(
-        (e["label"] for e in entries if e["optimizer"] == optimizer), extra_label(optimizer)
+        (e.get("name", e["label"]) for e in entries if e["optimizer"] == optimizer),
+        extra_label(optimizer),
     )
 
 

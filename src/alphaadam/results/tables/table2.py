@@ -122,7 +122,7 @@ def build_table2(
         {"optimizer": o, "label": extra_label(o), "values": {}}
         for o in sorted(present - set(known))
     ]
-    header = ["Metric", ""] + [c["label"] for c in columns]
+    header = ["Metric", ""] + [c.get("name", c["label"]) for c in columns]
 
     def cells(chosen, column: str) -> list[Cell | None]:
         out = []
@@ -234,7 +234,7 @@ def build_table2(
             loss_records, chosen, lambda key, base: (base,), [reported, "em"]
         )
         paired_rows = [
-            [c["label"], format_paired(paired[(c["optimizer"],)][reported], 3),
+            [c.get("name", c["label"]), format_paired(paired[(c["optimizer"],)][reported], 3),
              format_paired(paired[(c["optimizer"],)]["em"], 2)]
             for c in columns
             if (c["optimizer"],) in paired
