@@ -11,6 +11,7 @@ import pytest
 
 from alphaadam.results import load_runs
 from alphaadam.results.tables import build_table1, build_table2, build_table3, load_paper
+from alphaadam.results.tables.stats import dedupe_seeds
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "results" / "paper" / "tables.yaml"
@@ -266,6 +267,28 @@ def test_duplicate_seed_counts_once(tmp_path: Path):
     table = build_table1(load_runs(tmp_path), load_paper(PAPER))
     assert row_after(table, "AdamW", "ours")[5] == "80.00"
     assert any("same config and seed" in p.message for p in table.problems)
+
+
+def _set_config(run_dir: Path, max_steps: int, output_root: str, log_every: int) -> None:
+    (run_dir / "config.yaml").write_text(
+        "optimizer:\n  name: adamw\n"
+        f"trainer:\n  max_steps: {max_steps}\n  output_root: {output_root}\n"
+        f"  log_every: {log_every}\n"
+    )
+
+
+def test_runs_that_differ_in_a_key_that_changes_results_are_not_duplicates(tmp_path: Path):
+    # Same optimizer, lr and seed in summary.json; config.yaml says 100 and 200 steps.
+    _set_config(glue_run(tmp_path, "x/1", "rte", 0.70), 100, "/a", 10)
+    _set_config(glue_run(tmp_path, "x/2", "rte", 0.80), 200, "/a", 10)
+    # Differs from x/1 only where the output goes and how often it logs: a rerun of it.
+    _set_config(glue_run(tmp_path, "x/3", "rte", 0.75), 100, "/elsewhere", 50)
+    runs = load_runs(tmp_path).runs
+    kept, problems = dedupe_seeds(runs, ("dataset", "optimizer"))
+    assert sorted(r.path.name for r in kept) == ["2", "3"]
+    assert [(p.run_dir.name, p.message) for p in problems] == [
+        ("1", f"same config and seed as {tmp_path / 'x' / '3'}; the later run dir is used")
+    ]
 
 
 def test_glue_task_with_mixed_metrics_is_left_out(tmp_path: Path):

@@ -4,6 +4,7 @@ the run directory exists, and batch jobs get plain progress lines."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from trainer_helpers import (
     REPO,
     compose_config,
     read_jsonl,
+    reset_accelerate,
     run_training,
     summary,
     train_records,
@@ -335,9 +337,14 @@ def test_a_failure_while_restoring_a_checkpoint_is_recorded_as_failed(tmp_path, 
     # As a hard kill leaves it; then the resume cannot restore the optimizer state.
     s = summary(run_dir)
     (run_dir / "summary.json").write_text(json.dumps({**s, "status": "running"}))
-    torch.save(
-        {"not": "an optimizer state"}, run_dir / "checkpoints" / "step-00000004" / "optimizer.pt"
-    )
+    folder = run_dir / "checkpoints" / "step-00000004"
+    torch.save({"not": "an optimizer state"}, folder / "optimizer.pt")
+    # Written so (not changed since): the manifest's checksum matches, the check passes.
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["sha256"]["optimizer.pt"] = hashlib.sha256(
+        (folder / "optimizer.pt").read_bytes()
+    ).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(KeyError, match="param_groups"):
         run_training([*run, "trainer.resume=auto"], tmp_path)
     after = summary(run_dir)
@@ -413,7 +420,11 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
 
 
-def test_sigterm_to_train_py_exits_143_with_status_interrupted(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_train_py_exits_128_plus_it_with_one_line_and_status_interrupted(
+    tmp_path, signum
+):
+    name = signal.Signals(signum).name
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(
         [
@@ -435,14 +446,16 @@ def test_sigterm_to_train_py_exits_143_with_status_interrupted(tmp_path):
         while not (run_dir / "metrics.jsonl").is_file():  # past start-up, inside the loop
             assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
             time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         out, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
+    assert proc.returncode == 128 + signum, out[-2000:]  # 143, 130: the shell's codes
     s = summary(run_dir)
-    assert s["status"] == "interrupted" and s["error"] == "SIGTERM"
+    assert s["status"] == "interrupted" and s["error"] == name
+    assert f"Run interrupted ({name}) at step " in out
     assert f"continue it with trainer.resume=auto trainer.run_dir={run_dir}" in out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
     assert "Run directory:" not in out  # printed only by a completed run
 
 
@@ -521,3 +534,244 @@ def test_without_a_progress_bar_a_plain_line_every_log_every_steps(tmp_path, cap
     for line, record in zip(lines, records):
         assert line.startswith(f"step {record['step']}/25 | loss {record['loss']:.4f} | lr ")
         assert "tok/s | elapsed" in line and "| eta" in line
+
+
+# ================================= 6. no false record (issue 23): links, locks, disk, bits
+def _main_exit(overrides: list[str], output_root: Path) -> int:
+    """``train.py``'s entry point in-process: its exit code (0 when it returns)."""
+    from alphaadam.trainer import main
+
+    reset_accelerate()
+    cfg = compose_config(
+        [f"trainer.output_root={output_root}", "trainer.progress_bar=false", *overrides]
+    )
+    try:
+        main(cfg)
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
+def _as_if_killed(run_dir: Path) -> None:
+    """summary.json as a hard kill leaves it."""
+    (run_dir / "summary.json").write_text(json.dumps({**summary(run_dir), "status": "running"}))
+
+
+def test_a_resume_continues_from_the_newest_checkpoint_whatever_latest_says_and_repairs_it(
+    tmp_path,
+):
+    # A kill between renaming step-6 into place and swapping the link: latest names step-4,
+    # and the pruning that follows the swap (to keep_checkpoints=2) never ran.
+    run_dir = tmp_path / "run"
+    run = [*RUN, f"trainer.run_dir={run_dir}"]
+    run_training([*run, "trainer.keep_checkpoints=3"], tmp_path)
+    ckpts = run_dir / "checkpoints"
+    os.remove(ckpts / "latest")
+    os.symlink("step-00000004", ckpts / "latest")
+    _as_if_killed(run_dir)
+
+    run_training([*run, "trainer.resume=auto"], tmp_path)
+    assert os.readlink(ckpts / "latest") == "step-00000006"
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-00000004", "step-00000006"]
+    s = summary(run_dir)
+    assert s["status"] == "completed" and s["steps"] == 6
+
+
+def test_a_resume_without_config_yaml_is_checked_against_the_config_the_checkpoint_carries(
+    tmp_path, monkeypatch, reference
+):
+    run_dir = _crashed_run(monkeypatch, tmp_path)
+    (run_dir / "config.yaml").unlink()
+    with pytest.raises(RunDirError, match=r"optimizer\.lr\s+run: 0\.003  now: 0\.0005"):
+        run_training(
+            [*RUN, f"trainer.run_dir={run_dir}", "trainer.resume=auto", "optimizer.lr=5e-4"],
+            tmp_path,
+        )
+    assert not (run_dir / "config.yaml").exists()  # the refused resume wrote nothing
+    resumed = run_training([*RUN, f"trainer.run_dir={run_dir}", "trainer.resume=auto"], tmp_path)
+    assert summary(resumed)["status"] == "completed" and _same_weights(resumed, reference)
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["optimizer"]["lr"] == 0.003
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("optimizer: {lr: [0.003\n", "not valid YAML"), ("", "it is empty")],
+    ids=["garbage", "empty"],
+)
+def test_a_damaged_config_yaml_is_one_clear_error_not_a_traceback_or_a_diff(
+    tmp_path, monkeypatch, capsys, text, problem
+):
+    run_dir = _crashed_run(monkeypatch, tmp_path)
+    (run_dir / "config.yaml").write_text(text)
+    summary_before = (run_dir / "summary.json").read_text()
+    capsys.readouterr()
+    code = _main_exit([*RUN, f"trainer.run_dir={run_dir}", "trainer.resume=auto"], tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1 and err[0].startswith(f"error: {run_dir / 'config.yaml'} is damaged")
+    assert problem in err[0] and "Keys that differ" not in err[0]
+    assert (run_dir / "summary.json").read_text() == summary_before
+
+
+def test_a_second_process_on_a_run_dir_fails_at_once_naming_the_holder_and_sigkill_frees_it(
+    tmp_path,
+):
+    import socket
+
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            f"trainer.run_dir={run_dir}",
+            "trainer.max_steps=100000",
+            "trainer.progress_bar=false",
+            "trainer.eval_at_start=false",
+        ],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "metrics.jsonl").is_file():  # the holder is training
+            assert time.monotonic() < deadline and holder.poll() is None
+            time.sleep(0.1)
+        records_before = (run_dir / "summary.json").read_text()
+        with pytest.raises(RunDirError) as err:
+            run_training(
+                [f"trainer.run_dir={run_dir}", "trainer.resume=auto", "trainer.max_steps=100000"],
+                tmp_path,
+            )
+        assert f"PID {holder.pid} on host {socket.gethostname()}" in str(err.value)
+        assert (run_dir / "summary.json").read_text() == records_before  # not touched
+    finally:
+        holder.kill()  # SIGKILL: no handler runs, no lock file is cleaned up
+        holder.wait(timeout=60)
+    assert summary(run_dir)["status"] == "running"
+    # The kernel dropped the lock with the process: the next attempt is let in.
+    lock_path = run_dir / ".lock"
+    import fcntl
+
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError if held
+
+
+def test_a_full_disk_while_checkpointing_removes_the_partial_folder_and_records_failed(
+    tmp_path, monkeypatch, capsys
+):
+    import errno
+
+    real_save = torch.save
+
+    def save_until_the_disk_is_full(obj, f, *args, **kwargs):
+        path = Path(f)
+        if path.parent.name == ".tmp-step-00000004" and path.name == "optimizer.pt":
+            path.write_bytes(b"\0" * 1000)  # what fitted
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", save_until_the_disk_is_full)
+    run = ["trainer.max_steps=6", "trainer.checkpoint_every=2", "trainer.keep_checkpoints=1", *TINY]
+    capsys.readouterr()
+    assert _main_exit(run, tmp_path) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    (run_dir,) = (tmp_path / "smoke" / "adamw").iterdir()
+    ckpts = run_dir / "checkpoints"
+    assert not (ckpts / ".tmp-step-00000004").exists()
+    assert os.readlink(ckpts / "latest") == "step-00000002"
+    assert sorted(p.name for p in ckpts.iterdir() if p.name != "latest") == ["step-00000002"]
+    s = summary(run_dir)
+    assert s["status"] == "failed" and s["steps"] == 4
+    assert (
+        "no space left on device" in s["error"] and str(ckpts / ".tmp-step-00000004") in s["error"]
+    )
+    assert len(err) == 1 and "no space left on device" in err[0]
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_a_summary_write_that_runs_out_of_space_leaves_the_old_summary_and_no_temp_file(
+    tmp_path, monkeypatch
+):
+    import errno
+
+    from alphaadam import run_dir as rd
+
+    target = tmp_path / "summary.json"
+    target.write_text('{"status": "running"}\n')
+    real_write = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name == ".summary.json.tmp":
+            self.touch()  # created, then nothing fits
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(OSError, match="No space left"):
+        rd.write_json_atomic(target, {"status": "failed"})
+    assert target.read_text() == '{"status": "running"}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_a_flipped_bit_in_a_checkpoint_file_is_caught_by_its_checksum_and_the_run_falls_back(
+    tmp_path, monkeypatch, caplog, reference
+):
+    import zipfile
+
+    run_dir = _crashed_run(monkeypatch, tmp_path)
+    model_file = run_dir / "checkpoints" / "step-00000004" / "model.pt"
+    data = bytearray(model_file.read_bytes())
+    data[len(data) // 2] ^= 0x10  # one bit, inside the weights
+    model_file.write_bytes(bytes(data))
+    with zipfile.ZipFile(model_file) as archive:  # still a well-formed archive
+        assert any(n.endswith("data.pkl") for n in archive.namelist())
+
+    with caplog.at_level(logging.WARNING):
+        resumed = run_training([*RUN, "trainer.resume=auto"], tmp_path)
+    assert "step-00000004 is damaged (model.pt: sha256 differs" in caplog.text
+    assert "resuming from step-00000002" in caplog.text
+    assert summary(resumed)["status"] == "completed" and _same_weights(resumed, reference)
+
+
+def test_each_segment_records_its_code_and_a_resume_under_other_code_warns(
+    tmp_path, monkeypatch, caplog
+):
+    import socket
+
+    from alphaadam import run_dir as rd
+
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    run_dir = _crashed_run(monkeypatch, tmp_path)
+    monkeypatch.setattr(rd, "git_sha", lambda: "f" * 40)  # as if the checkout moved on
+    with caplog.at_level(logging.WARNING):
+        run_training([*RUN, "trainer.resume=auto"], tmp_path)
+    segments = summary(run_dir)["segments"]
+    assert [s["from_step"] for s in segments] == [0, 4]
+    assert [s["git_sha"] for s in segments] == [head, "f" * 40]
+    for s in segments:
+        assert isinstance(s["git_dirty"], bool)
+        assert s["torch_version"] == torch.__version__
+        assert s["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert s["host"] == socket.gethostname()
+    assert f"git_sha: {head!r} -> {'f' * 40!r}" in caplog.text
+    assert summary(run_dir)["git_sha"] == "f" * 40  # the latest segment's
+
+
+def test_an_output_root_that_cannot_be_written_is_one_line_before_the_model_is_built(
+    tmp_path, monkeypatch, capsys
+):
+    def built(self):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(LMTask, "build_model", built)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    capsys.readouterr()
+    assert _main_exit(TINY, blocker / "out") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be created" in err[0]
+    assert f"{blocker} is not a directory" in err[0]

@@ -1,102 +1,92 @@
-"""The run directory (docs/run_dir.md): where it is, and the files in it."""
+"""The run directory (docs/run_dir.md): where it is, the files in it, and the lock that
+keeps a second process out of it."""
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import fcntl
 import json
 import logging
 import math
 import os
 import secrets
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import list_checkpoints
+from .checkpoint import MANIFEST, list_checkpoints, read_manifest
+from .config_keys import RESUME_MAY_CHANGE, config_differences
 
 log = logging.getLogger(__name__)
 
-CONFIG, METRICS, MASK_STATS, EVENTS, SUMMARY, CHECKPOINTS = (
+CONFIG, METRICS, MASK_STATS, EVENTS, SUMMARY, CHECKPOINTS, LOCK = (
     "config.yaml",
     "metrics.jsonl",
     "mask_stats.jsonl",
     "events.jsonl",
     "summary.json",
     "checkpoints",
+    ".lock",
 )
-#: Config keys (a key, or a whole group by its prefix) a resumed run may change. They decide
-#: what is printed or logged, where files go and when checkpoints are written, never the
-#: numbers a run produces; every other difference is refused (docs/run_dir.md).
-RESUME_MAY_CHANGE = (
-    "trainer.resume",
-    "trainer.run_dir",
-    "trainer.output_root",
-    "trainer.progress_bar",
-    "trainer.log_every",
-    "trainer.mask_stats_every",
-    "trainer.mask_stats_steps",
-    "trainer.checkpoint_every",
-    "trainer.keep_checkpoints",
-    "trainer.save_final",
-    "trainer.nan_skip_budget",
-    "trainer.cpu_allocator",  # where memory comes from; losses are bit-identical (tested)
-    "trainer.preflight",  # only matter to a run that never trains; runs made before them
-    "trainer.preflight_processes",  # have none
-    "trainer.preflight_fsdp",
-    "logger",  # the wandb mirror; the JSONL files are the record
-    "study",  # a reduced-study sweep's plan (grids, seeds): which runs exist, not their numbers
-    "scale",  # the experiment's description of its scale, printed by the tables
-    "data.cache_dir",  # token caches are keyed by their inputs
-    "data.num_proc",
-)
-
-_NOT_SET = "(not set)"
 
 
 class RunDirError(RuntimeError):
     pass
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict) and tree:
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
-def _may_change(key: str) -> bool:
-    return any(key == k or key.startswith(f"{k}.") for k in RESUME_MAY_CHANGE)
-
-
-def config_differences(saved: DictConfig | dict, current: DictConfig | dict) -> list[tuple]:
-    """``(key, saved value, current value)`` for every dotted key whose value differs and
-    that :data:`RESUME_MAY_CHANGE` does not allow to change; a key only one side has shows
-    ``"(not set)"`` on the other."""
-    flat = [
-        _flatten(OmegaConf.to_container(c, resolve=True) if isinstance(c, DictConfig) else c)
-        for c in (saved, current)
-    ]
-    return [
-        (key, flat[0].get(key, _NOT_SET), flat[1].get(key, _NOT_SET))
-        for key in sorted(flat[0].keys() | flat[1].keys())
-        if not _may_change(key) and flat[0].get(key, _NOT_SET) != flat[1].get(key, _NOT_SET)
-    ]
-
-
-def _saved_config(run_dir: Path) -> DictConfig | None:
+def _config_file(run_dir: Path) -> DictConfig | None:
+    """The run's config.yaml; None when there is none. Raises :class:`RunDirError` (one
+    line) when it is not YAML or not a non-empty mapping."""
     f = run_dir / CONFIG
-    return OmegaConf.load(f) if f.is_file() else None
+    if not f.is_file():
+        return None
+    try:
+        saved = OmegaConf.load(f)
+        problem = None if isinstance(saved, DictConfig) and len(saved) else "it is empty"
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        problem = "not valid YAML: " + " ".join(str(err).split())
+    if problem is not None:
+        raise RunDirError(
+            f"{f} is damaged ({problem}), so this resume cannot be checked against the "
+            f"config the run was started with. Delete it and resume: the resume is then "
+            f"checked against the copy each checkpoint carries ({CHECKPOINTS}/step-*/"
+            f"{MANIFEST}), and config.yaml is rewritten."
+        )
+    return saved
+
+
+def _saved_config(run_dir: Path) -> tuple[DictConfig | dict | None, Path | None]:
+    """The config ``run_dir`` was run with, and the file it comes from: config.yaml, or
+    without one the copy in the newest checkpoint's manifest; ``(None, None)`` if neither."""
+    saved = _config_file(run_dir)
+    if saved is not None:
+        return saved, run_dir / CONFIG
+    for folder in list_checkpoints(run_dir / CHECKPOINTS):
+        manifest = read_manifest(folder)
+        if manifest is not None and isinstance(manifest.get("config"), dict):
+            return manifest["config"], folder / MANIFEST
+    return None, None
 
 
 def check_same_config(run_dir: Path, cfg: DictConfig) -> None:
-    """Refuse to continue ``run_dir`` under a config that would change its results."""
-    saved = _saved_config(run_dir)
+    """Refuse to continue ``run_dir`` under a config that would change its results.
+
+    The run's config is read from config.yaml, or, when that is missing, from the copy its
+    newest checkpoint carries; with neither the resume is refused too (nothing would show
+    that it continues the same experiment)."""
+    saved, source = _saved_config(run_dir)
     if saved is None:
-        return  # a run killed before it wrote config.yaml has nothing to compare with
+        raise RunDirError(
+            f"{run_dir} has no {CONFIG}, and none of its checkpoints carries the run's "
+            f"config (they were written before checkpoints did), so nothing shows that "
+            f"this resume continues the same experiment. Put the run's {CONFIG} back, or "
+            "start a new run (trainer.resume=false, or another trainer.run_dir)."
+        )
     differences = config_differences(saved, cfg)
     if differences:
         width = max(len(k) for k, _, _ in differences)
@@ -104,9 +94,57 @@ def check_same_config(run_dir: Path, cfg: DictConfig) -> None:
         raise RunDirError(
             f"{run_dir} was run with another config; continuing it would mix two "
             f"experiments. Keys that differ:\n{lines}\nResume with the run's values (they "
-            f"are in {run_dir / CONFIG}), or start a new run (trainer.resume=false, or "
+            f"are in {source}), or start a new run (trainer.resume=false, or "
             f"another trainer.run_dir). A resume may change only: {', '.join(RESUME_MAY_CHANGE)}."
         )
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``flock`` on its ``.lock`` file), held while a
+    process writes the run. The kernel drops it when the process ends, however it ends, so
+    a SIGKILL or a SLURM requeue leaves no stale lock. The file names the holder."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    @classmethod
+    def acquire(cls, run_dir: Path) -> RunLock:
+        """Take the lock, or raise :class:`RunDirError` naming the holder's PID and host."""
+        path = run_dir / LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            os.close(fd)
+            holder = holder or "it has not written its PID yet"
+            raise RunDirError(
+                f"{run_dir} is in use by another process ({holder}); two processes on one "
+                "run directory would interleave its records. Let that one finish (or stop "
+                "it), or choose another trainer.run_dir."
+            ) from None
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            log.warning(
+                "%s: the file system does not support locks (%s); nothing keeps a second "
+                "process out of this run directory",
+                path,
+                err.strerror,
+            )
+            return cls(None)
+        since = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        os.ftruncate(fd, 0)
+        os.pwrite(
+            fd, f"PID {os.getpid()} on host {socket.gethostname()}, since {since}\n".encode(), 0
+        )
+        return cls(fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # drops the lock; the file stays (removing it would race)
+            self._fd = None
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -168,10 +206,10 @@ def resolve_run_dir(cfg: DictConfig) -> tuple[Path, str]:
     )
     if resume == "auto" and parent.is_dir():
         for candidate in sorted(parent.iterdir(), reverse=True):
-            saved = _saved_config(candidate)
-            if saved is None or config_differences(saved, cfg):
-                continue
             try:
+                saved, _ = _saved_config(candidate)
+                if saved is None or config_differences(saved, cfg):
+                    continue
                 summary = read_summary(candidate) or {}
             except RunDirError as err:
                 log.warning("Skipping %s: %s", candidate, err)
@@ -196,7 +234,11 @@ def dump_json_line(record: dict[str, Any]) -> str:
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({k: _jsonable(v) for k, v in data.items()}, indent=2) + "\n")
+    try:
+        tmp.write_text(json.dumps({k: _jsonable(v) for k, v in data.items()}, indent=2) + "\n")
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk: no partial file left beside the old one
+        raise
     os.replace(tmp, path)
 
 
@@ -238,10 +280,10 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
     os.replace(tmp, path)
 
 
-def git_sha() -> str | None:
+def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
+            ["git", *args],
             cwd=Path(__file__).resolve().parent,
             capture_output=True,
             text=True,
@@ -249,7 +291,19 @@ def git_sha() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_sha() -> str | None:
+    out = _git("rev-parse", "HEAD")
+    return out.strip() or None if out is not None else None
+
+
+def git_dirty() -> bool | None:
+    """True when tracked files differ from the commit (``git_sha`` then does not name the
+    code that ran); None outside a git checkout."""
+    out = _git("status", "--porcelain", "--untracked-files=no")
+    return None if out is None else bool(out.strip())
 
 
 class MetricsLog:

@@ -9,12 +9,14 @@ import contextlib
 import datetime as dt
 import logging
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from accelerate.utils import broadcast_object_list
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
@@ -41,6 +43,9 @@ MASK_SUMMARY_KEYS = (
     "step_scale_min",
     "step_scale_max",
 )
+#: What a segment of a run (its first start, each resume) records of the code and machine
+#: that ran it; a resume warns when one of the first four differs from the last segment's.
+PROVENANCE_KEYS = ("git_sha", "git_dirty", "torch_version", "cpu_capability", "host")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -59,6 +64,39 @@ class RunInterrupted(BaseException):
 def task_name(task: Task) -> str:
     """``task.name``, or the task's module name (summary.json's ``task``)."""
     return getattr(task, "name", "") or type(task).__module__.rsplit(".", 1)[-1]
+
+
+def provenance() -> dict[str, Any]:
+    """This process's :data:`PROVENANCE_KEYS`: the commit and whether tracked files differ
+    from it, torch's version, the CPU instruction set torch dispatches to, the host."""
+    return {
+        "git_sha": rd.git_sha(),
+        "git_dirty": rd.git_dirty(),
+        "torch_version": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "host": socket.gethostname(),
+    }
+
+
+def earlier_segments(summary: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The segments an existing summary.json records; a summary from before segments gives
+    one made of its top-level ``git_sha`` and ``torch_version``."""
+    if not summary:
+        return []
+    if isinstance(summary.get("segments"), list):
+        return list(summary["segments"])
+    legacy = {k: summary[k] for k in ("git_sha", "torch_version") if k in summary}
+    return [{"started": None, "from_step": None, **legacy}] if legacy else []
+
+
+def provenance_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``key: before -> now`` for each code or library key (not the host: a requeue may land
+    anywhere) recorded by both segments with another value."""
+    return [
+        f"{key}: {before[key]!r} -> {now[key]!r}"
+        for key in PROVENANCE_KEYS[:-1]
+        if before.get(key) is not None and now.get(key) is not None and before[key] != now[key]
+    ]
 
 
 def read_mask_statistics(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, dict]:
@@ -167,19 +205,18 @@ class RunRecord:
         """Create the run's files, write ``running``, start the clock and the progress."""
         run, cfg, tc = self.run, self.cfg, self.tc
         self.parts, self.state = parts, state
+        self._lock_new_run()
         if self.main:
-            run.dir.mkdir(parents=True, exist_ok=True)
             (run.dir / rd.CHECKPOINTS).mkdir(exist_ok=True)
             for name in (rd.METRICS, rd.MASK_STATS, rd.EVENTS):
                 if run.mode == "new":  # records of an earlier attempt that never checkpointed
                     (run.dir / name).unlink(missing_ok=True)
                 else:  # a resumed run re-logs the steps after its checkpoint
                     rd.truncate_jsonl(run.dir / name, state.step)
-            saved = OmegaConf.to_container(cfg, resolve=True)
-            saved["trainer"]["run_dir"] = str(run.dir)
-            OmegaConf.save(OmegaConf.create(saved), run.dir / rd.CONFIG)
+            OmegaConf.save(OmegaConf.create(run.config), run.dir / rd.CONFIG)
         self.metrics = rd.MetricsLog(run.dir, cfg, enabled=self.main)
         accelerator = run.accelerator
+        segments, segment = self._segments(state.step)
         self.header = {
             "status": "running",
             "experiment": cfg.experiment_name,
@@ -191,14 +228,16 @@ class RunRecord:
             "max_steps": parts.max_steps,
             "primary_metric": parts.task.primary_metric,
             "primary_mode": parts.task.primary_mode,
-            "git_sha": rd.git_sha(),
-            "torch_version": torch.__version__,
+            # Those of the latest segment; "segments" has every segment's.
+            "git_sha": segment["git_sha"],
+            "torch_version": segment["torch_version"],
             "device": torch.cuda.get_device_name(accelerator.device)
             if accelerator.device.type == "cuda"
             else accelerator.device.type,
             "num_processes": accelerator.num_processes,
             "global_batch_size": parts.global_batch,
             "run_dir": str(run.dir),
+            "segments": [*segments, segment],
         }
         self.write_summary("running")
         if self.main:
@@ -215,6 +254,44 @@ class RunRecord:
         )
         if not self.bar.disable:
             self._exits.enter_context(logging_redirect_tqdm())  # log lines above the bar
+
+    def _lock_new_run(self) -> None:
+        """Create a new run's directory and lock it (a resumed one was locked when it was
+        chosen); the lock's error, if any, on every process, before anything is written."""
+        run = self.run
+        outcome: list[Any] = [None]
+        if self.main:
+            run.dir.mkdir(parents=True, exist_ok=True)
+            if run.lock is None:
+                try:
+                    run.lock = rd.RunLock.acquire(run.dir)
+                except rd.RunDirError as err:
+                    outcome = [err]
+        broadcast_object_list(outcome)
+        if outcome[0] is not None:
+            raise outcome[0]
+
+    def _segments(self, step: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The earlier segments (from the summary a resume finds) and this one; a resume
+        warns when the code or torch differ from the last segment's."""
+        segment = {
+            "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "from_step": step,
+            **provenance(),
+        }
+        if self.run.mode != "resume" or not self.main:
+            return [], segment
+        try:
+            segments = earlier_segments(rd.read_summary(self.run.dir))
+        except rd.RunDirError:
+            segments = []
+        changes = provenance_changes(segments[-1], segment) if segments else []
+        if changes:
+            log.warning(
+                f"Resuming {self.run.dir} at step {step} under other code than its last "
+                f"segment ({'; '.join(changes)}); summary.json's segments record both."
+            )
+        return segments, segment
 
     def stop_if_signalled(self) -> None:
         """Raise :class:`RunInterrupted` for a SIGTERM that arrived while another handler

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -43,15 +44,18 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from . import run_dir as rd
 from .checkpoint import (
+    CheckpointError,
     find_resume_checkpoint,
     load_checkpoint,
     restore_optimizer,
     save_checkpoint,
     set_rng_state,
+    tidy_checkpoints,
 )
 from .cpu_memory import CPU_ALLOCATOR_CHOICES, configure_cpu_allocator
 from .hub import HubAccessError
 from .optim.registry import build_optimizer
+from .preflight import FAIL, check_writable
 from .run_record import NonFiniteLossError, RunInterrupted, RunRecord, task_name
 from .tasks.base import BatchStream, Task
 
@@ -105,7 +109,14 @@ DEVICES = ("auto", "cpu")
 def train(cfg: DictConfig) -> Path:
     """Run (or continue) one training run; returns its run directory."""
     check_trainer_config(cfg.trainer)
-    run = open_run(cfg)  # accelerator, run directory, new or resume
+    run = open_run(cfg)  # accelerator, run directory, new or resume; a resume locks it
+    try:
+        return _train(cfg, run)
+    finally:
+        run.release()
+
+
+def _train(cfg: DictConfig, run: Run) -> Path:
     if run.mode == "completed":
         if run.is_main:
             log.info(f"Run already completed: {run.dir}")
@@ -138,6 +149,8 @@ def train(cfg: DictConfig) -> Path:
                 evaluate_and_record(parts, state, record, accelerator)
             if checkpoint_due(tc, state.step, parts.max_steps):
                 save_run_checkpoint(run, parts, state, tc.keep_checkpoints)
+        if run.is_main:  # what a save killed before its link swap left undone
+            tidy_checkpoints(run.dir / rd.CHECKPOINTS, tc.keep_checkpoints)
     return run.dir
 
 
@@ -145,13 +158,15 @@ def main(cfg: DictConfig) -> Path:
     """Entry point behind ``train.py`` (Hydra has composed ``cfg``)."""
     try:
         return train(cfg)
-    except (NonFiniteLossError, HubAccessError) as exc:
+    except (NonFiniteLossError, HubAccessError, rd.RunDirError, CheckpointError) as exc:
         # On stderr, as a command-line tool's error: Hydra sends the log to stdout.
         if PartialState().is_main_process:
             print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from exc
     except RunInterrupted as exc:
         raise SystemExit(128 + exc.signum) from exc  # the shell's code for a signal
+    except KeyboardInterrupt as exc:  # SIGINT: the run record has printed its one line
+        raise SystemExit(128 + signal.SIGINT) from exc
 
 
 # ---------------------------------------------------------------------- settings, run
@@ -237,14 +252,25 @@ class Run:
     accelerator: Accelerator
     dir: Path
     mode: str  # "new" | "resume" | "completed" (nothing left to do)
+    config: dict[str, Any] = field(default_factory=dict)  # resolved, as config.yaml has it
+    lock: rd.RunLock | None = None  # held by the main process while it writes the run
 
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
 
 def open_run(cfg: DictConfig) -> Run:
-    """Start the accelerator and choose the run directory (docs/run_dir.md); writes nothing."""
+    """Start the accelerator and choose the run directory (docs/run_dir.md). A run to
+    resume, or an existing folder to start afresh, is locked here
+    (:class:`~alphaadam.run_dir.RunLock`), before anything in it is restored or reset; a
+    new folder when it is created (``RunRecord.start``), and it is checked to be creatable
+    first. Writes nothing else (the lock file aside)."""
     tc = cfg.trainer
     accelerator = Accelerator(cpu=tc.device == "cpu", mixed_precision=tc.mixed_precision)
     if accelerator.device.type == "cpu":
@@ -256,8 +282,25 @@ def open_run(cfg: DictConfig) -> Run:
             f"trainer.gradient_accumulation_steps={tc.gradient_accumulation_steps} counts micro-"
             f"batches per optimizer step over all processes; it must be divisible by the {world} processes"
         )
-    path, mode = decided_on_main(accelerator, lambda: rd.resolve_run_dir(cfg))
-    return Run(accelerator, path, mode)
+    held: list[rd.RunLock] = []
+
+    def decide() -> tuple[Path, str]:
+        path, mode = rd.resolve_run_dir(cfg)
+        if mode == "new" and not path.is_dir():
+            writable = check_writable("output", [path])
+            if writable.status == FAIL:
+                raise rd.RunDirError(
+                    f"the run directory cannot be created: {writable.detail}; choose another "
+                    "trainer.output_root (or trainer.run_dir)"
+                )
+        elif mode != "completed":  # an existing folder: locked before it is changed
+            held.append(rd.RunLock.acquire(path))
+        return path, mode
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    path, mode = decided_on_main(accelerator, decide)
+    config["trainer"]["run_dir"] = str(path)
+    return Run(accelerator, path, mode, config, held[0] if held else None)
 
 
 def decided_on_main(accelerator: Accelerator, decide: Callable[[], T]) -> T:
@@ -618,6 +661,7 @@ def save_run_checkpoint(run: Run, parts: Parts, state: TrainState, keep: int) ->
         stream=parts.stream,
         trainer_state=state.state_dict(),
         keep=keep,
+        config=run.config,
     )
 
 

@@ -7,17 +7,34 @@ from typing import Any
 
 import pandas as pd
 
+from ...config_keys import flatten, may_change
 from ..runs import Problem, Run
 from ..selection import choose_lr
 from .render import Cell
 
 
+def config_identity(run: Run) -> tuple:
+    """The run's resolved config (config.yaml) as sorted ``(dotted key, value)`` pairs, less
+    the keys that cannot change its numbers (output paths, logging, checkpoint schedule:
+    :data:`~alphaadam.config_keys.RESUME_MAY_CHANGE`); empty for a run without config.yaml."""
+    try:
+        config = run.config
+    except FileNotFoundError:
+        return ()
+    flat = flatten(config)
+    return tuple(sorted((k, repr(v)) for k, v in flat.items() if not may_change(k)))
+
+
 def dedupe_seeds(runs: list[Run], key_fields: tuple[str, ...]) -> tuple[list[Run], list[Problem]]:
-    """One run per (config, seed): a rerun of the same seed must not count as a second seed."""
+    """One run per (config, seed): a rerun of the same seed must not count as a second seed.
+    Two runs are the same when their summaries agree on ``key_fields``, lr and seed and their
+    full resolved configs agree (:func:`config_identity`): runs that differ in
+    ``trainer.max_steps``, say, are not reruns of each other."""
     kept: dict[tuple, Run] = {}
     problems = []
     for run in sorted(runs, key=lambda r: str(r.path)):
         key = tuple(run.summary.get(f) for f in key_fields) + (run.lr, run.seed)
+        key += config_identity(run)
         if key in kept:
             old = kept[key]
             problems.append(
