@@ -115,11 +115,6 @@ class MaskedOptimizer(Optimizer):
         if "grad_density" not in state:
             state["grad_density"] = torch.zeros((), dtype=dtype, device=device)
 
-    @staticmethod
-    def _use_foreach(foreach: bool | None, params: list[Tensor]) -> bool:
-        # torch's rule: None picks the multi-tensor path for CUDA parameters.
-        return all(p.is_cuda for p in params) if foreach is None else foreach
-
     # ------------------------------------------------------------ diagnostics
     def mask_statistics(
         self, named_parameters: Iterable[tuple[str, Tensor]] | None = None
