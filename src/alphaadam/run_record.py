@@ -22,7 +22,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import run_dir as rd
 from .checkpoint import latest_checkpoint
-from .tasks.base import Task
+from .tasks.base import task_name
 
 if TYPE_CHECKING:
     from .trainer import Parts, Run, StepResult, TrainState
@@ -54,11 +54,6 @@ class RunInterrupted(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-def task_name(task: Task) -> str:
-    """``task.name``, or the task's module name (summary.json's ``task``)."""
-    return getattr(task, "name", "") or type(task).__module__.rsplit(".", 1)[-1]
 
 
 def read_mask_statistics(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, dict]:
