@@ -14,13 +14,9 @@ import torch
 from torch import nn
 
 from ..checks import Check, check_files, check_writable, fail, ok
-from ..data.corpus import (
-    find_openwebtext_files,
-    openwebtext_cache,
-    openwebtext_folder,
-    smoke_cache,
-    text_cache,
-)
+from ..data.openwebtext import find_openwebtext_files, openwebtext_cache, openwebtext_folder
+from ..data.smoke import smoke_cache
+from ..data.token_cache import text_cache
 from ..data.tokenizers import build_tokenizer
 from ..hub import GPT2_INIT_HINT, OPENWEBTEXT_HINT, HubAccessError, hub_access, hub_reachable
 from ..models.gpt import GPT, GPTConfig, build_gpt
