@@ -329,10 +329,10 @@ class RunRecord:
             raise NonFiniteLossError(
                 f"non-finite loss {result.loss} / grad norm {result.grad_norm} at step "
                 f"{state.step + 1}: {state.skipped_steps} bad steps exceed "
-                f"trainer.nan_skip_budget={self.tc.nan_skip_budget}. {self._way_forward()}"
+                f"trainer.nan_skip_budget={self.tc.nan_skip_budget}. {self._recovery_advice()}"
             )
 
-    def _way_forward(self) -> str:
+    def _recovery_advice(self) -> str:
         newest = latest_checkpoint(self.run.dir / rd.CHECKPOINTS)
         if newest is None:
             return (

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .masking import MaskConfig, step_scale
+from .masking import MaskConfig, previous_where_usable, step_scale
 from .sharding import is_dtensor
 
 # The per-tensor diagnostics of a masked step (mask_statistics), in this order.
@@ -156,8 +156,8 @@ class MaskedOptimizer(Optimizer):
                         state.get("grad_density"),
                     )
                     reused = state.get("reused_scale")  # one-pass groups only
-                    if group.get("one_pass") and reused is not None:
-                        applied = torch.where(reused > 0, reused.to(applied.dtype), applied)
+                    if group.get("one_pass"):
+                        applied = previous_where_usable(applied, reused)
                     out[names[p]] = {
                         "alpha": state["alpha"],
                         "mask_density": state["mask_density"],
