@@ -1,4 +1,5 @@
-"""Shared checks for the fused AlphaAdam paths (torch.compile in-process, Triton interpreted).
+"""Shared checks for the fused AlphaAdam paths (torch.compile in-process, Triton interpreted),
+and the home of the test tensors: parameters, gradient sequences, clones.
 
 Every check steps a fused optimizer and the single-tensor reference path on identical
 parameters and gradients and compares parameters and the whole optimizer state.
@@ -36,20 +37,23 @@ ONE_PASS_SETS = {
 }
 
 
-def make_params(dtype: torch.dtype, seed: int = 0, shapes=SHAPES) -> list[torch.Tensor]:
+def make_params(
+    dtype: torch.dtype = torch.float32, seed: int = 0, shapes=SHAPES
+) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(s, generator=gen).to(dtype).requires_grad_() for s in shapes]
 
 
-def grad_sequence(params, steps: int, seed: int = 1):
-    """Gradients with a per-coordinate drift, so masks are neither empty nor full. A matrix's
-    first row gets no gradient, as an embedding row whose token is not in the batch: the
-    nonzero count (rescale="active"'s d, the grad density) is then below the element count."""
+def grad_sequence(params, steps: int, seed: int = 1, zero_first_row: bool = True):
+    """Gradients with a per-coordinate drift, so masks are neither empty nor full. With
+    ``zero_first_row`` a matrix's first row gets no gradient, as an embedding row whose token
+    is not in the batch: the nonzero count (rescale="active"'s d, the grad density) is then
+    below the element count."""
     gen = torch.Generator().manual_seed(seed)
     drifts = [torch.randn(p.shape, generator=gen) for p in params]
 
     def without_first_row(g):
-        if g.dim() >= 2 and g.shape[0] > 1:
+        if zero_first_row and g.dim() >= 2 and g.shape[0] > 1:
             g[0] = 0
         return g
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import math
 
@@ -10,38 +11,19 @@ import pytest
 import torch
 from torch import nn
 
+import fused_cases
 from algorithm1_reference import Algorithm1, Hyper
 from alphaadam import PRESETS, AlphaAdam, alphaadam_preset
+from fused_cases import clone, set_grads
 
 FOREACH = pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
 ALL_PRESETS = pytest.mark.parametrize("preset", list(PRESETS))
 SHAPES = [(), (6,), (5, 4), (2, 3, 2)]
 
 
-def make_params(dtype=torch.float32, seed=0, shapes=SHAPES):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=gen).to(dtype).requires_grad_() for s in shapes]
-
-
-def grad_sequence(params, steps, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    drifts = [torch.randn(p.shape, generator=gen) for p in params]
-    return [
-        [
-            (0.5 * d + torch.randn(p.shape, generator=gen)).to(p.dtype)
-            for p, d in zip(params, drifts)
-        ]
-        for _ in range(steps)
-    ]
-
-
-def set_grads(params, grads):
-    for p, g in zip(params, grads):
-        p.grad = g.clone()
-
-
-def clone_params(params):
-    return [p.detach().clone().requires_grad_() for p in params]
+# fused_cases.py's tensors, on this suite's shapes and with every coordinate given a gradient.
+make_params = functools.partial(fused_cases.make_params, shapes=SHAPES)
+grad_sequence = functools.partial(fused_cases.grad_sequence, zero_first_row=False)
 
 
 # ------------------------------------------------------------------- state_dict / copy
@@ -59,7 +41,7 @@ def test_state_dict_round_trip_then_lockstep(preset, foreach, dtype):
     buffer = io.BytesIO()
     torch.save(opt.state_dict(), buffer)
     buffer.seek(0)
-    resumed_params = clone_params(params)
+    resumed_params = clone(params)
     resumed = alphaadam_preset(preset, resumed_params, lr=123.0, foreach=foreach)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
     assert resumed.param_groups[0]["lr"] == 1e-2  # hyper-parameters come from the checkpoint
@@ -88,7 +70,7 @@ def test_loading_a_checkpoint_keeps_the_code_path_of_the_loading_optimizer():
     set_grads(params, grad_sequence(params, 1)[0])
     opt.step()
     for path in (dict(fused="cpu"), dict(fused="compile"), dict(foreach=True)):
-        resumed = AlphaAdam(clone_params(params), lr=123.0, **path)
+        resumed = AlphaAdam(clone(params), lr=123.0, **path)
         resumed.load_state_dict(opt.state_dict())
         group = resumed.param_groups[0]
         assert group["lr"] == 1e-2
@@ -122,7 +104,7 @@ def test_deepcopy_steps_identically(foreach):
 @ALL_PRESETS
 def test_no_grad_is_a_no_op(preset, foreach):
     params = make_params()
-    before = clone_params(params)
+    before = clone(params)
     opt = alphaadam_preset(preset, params, lr=1e-1, weight_decay=0.5, foreach=foreach)
     opt.step()  # no parameter has a gradient
     assert all(torch.equal(p, q) for p, q in zip(params, before))
@@ -141,12 +123,12 @@ def test_zero_grads_move_masked_presets_only_by_weight_decay(preset, foreach):
     # A zero gradient never agrees in sign with anything (strict > 0), so the masked presets
     # do not move; decoupled weight decay still shrinks every coordinate, as in AdamW.
     params = make_params()
-    before = clone_params(params)
+    before = clone(params)
     opt = alphaadam_preset(preset, params, lr=1e-2, weight_decay=0.0, foreach=foreach)
     for g in grad_sequence(params, 3):  # build up momentum first
         set_grads(params, g)
         opt.step()
-    moved = clone_params(params)
+    moved = clone(params)
     assert not all(torch.equal(p, q) for p, q in zip(moved, before))
     for _ in range(3):
         set_grads(params, [torch.zeros_like(p) for p in params])
@@ -166,7 +148,7 @@ def test_zero_grads_move_masked_presets_only_by_weight_decay(preset, foreach):
 def test_zero_grads_move_adamw_preset_like_torch_adamw(foreach):
     # Without a mask, momentum keeps moving the parameters on zero gradients (AdamW does too).
     ours = make_params()
-    theirs = clone_params(ours)
+    theirs = clone(ours)
     opt = alphaadam_preset("adamw", ours, lr=1e-2, weight_decay=0.1, foreach=foreach)
     ref = torch.optim.AdamW(theirs, lr=1e-2, weight_decay=0.1)
     grads = grad_sequence(ours, 2) + [[torch.zeros_like(p) for p in ours]] * 3
@@ -193,7 +175,7 @@ def test_param_groups_are_isolated(foreach):
         foreach=foreach,
     )
     # Each group alone, in its own optimizer, must give the same result.
-    a2, b2 = clone_params([a, b])
+    a2, b2 = clone([a, b])
     alone_a = AlphaAdam([a2], lr=1e-2, weight_decay=0.1, mask="async", foreach=foreach)
     alone_b = AlphaAdam([b2], lr=3e-2, mask="sync", alpha="none", foreach=foreach)
     for g in grad_sequence([a, b, c], 15):
@@ -367,7 +349,7 @@ def test_torch_compile_of_step_equals_eager(foreach):
     torch._dynamo.reset()
     counters.clear()
     eager = make_params(shapes=[(8, 4), (4,)])
-    compiled = clone_params(eager)
+    compiled = clone(eager)
     opt_e = AlphaAdam(eager, lr=1e-2, weight_decay=0.1, foreach=foreach)
     opt_c = AlphaAdam(compiled, lr=1e-2, weight_decay=0.1, foreach=foreach)
 
@@ -424,7 +406,7 @@ def test_invalid_preset_and_preset_clash():
 @pytest.mark.parametrize("alpha", ["ratio", "sqrt_ratio", "none"])
 def test_step_one_and_empty_masks_stay_finite(alpha, foreach):
     params = make_params()
-    before = clone_params(params)
+    before = clone(params)
     opt = AlphaAdam(params, lr=1e-2, alpha=alpha, foreach=foreach)
     set_grads(params, grad_sequence(params, 1)[0])
     opt.step()
@@ -496,7 +478,7 @@ def test_a_torch_adamw_state_loads_as_the_same_moments_and_continues_like_adamw(
     # AdamW's exp_avg / exp_avg_sq / step are AlphaAdam's moments. Without a mask
     # (the "adamw" preset) AlphaAdam continuing from AdamW's state must take AdamW's steps.
     ours = make_params()
-    theirs = clone_params(ours)
+    theirs = clone(ours)
     adamw = torch.optim.AdamW(theirs, lr=1e-2, weight_decay=0.1)
     grads = grad_sequence(ours, 6)
     for g in grads[:3]:

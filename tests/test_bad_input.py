@@ -7,9 +7,7 @@ import re
 
 import pytest
 
-from trainer_helpers import REPO, compose_config, run_training
-
-TINY = ["trainer.progress_bar=false", "trainer.log_every=1", "data.eval_iters=2"]
+from trainer_helpers import REPO, TINY, compose_config, run_training
 
 
 @pytest.mark.parametrize(

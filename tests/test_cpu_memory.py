@@ -10,16 +10,12 @@ import textwrap
 import pytest
 
 from alphaadam.cpu_memory import configure_cpu_allocator
-from trainer_helpers import REPO, train_records
+from trainer_helpers import REPO, subprocess_env, train_records
 
 glibc = pytest.mark.skipif(
     not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION"),
     reason="the heap setting is glibc's mallopt; other C libraries are left alone",
 )
-
-
-def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
 
 
 def test_unknown_choice_names_the_valid_ones():
@@ -58,7 +54,7 @@ def test_heap_setting_serves_a_large_tensor_from_the_heap_not_from_mmap():
     for choice in ("system", "heap"):
         out = subprocess.run(
             [sys.executable, "-c", script, choice],
-            env=_env(),
+            env=subprocess_env(),
             capture_output=True,
             text=True,
             check=True,
@@ -86,7 +82,7 @@ def test_heap_setting_leaves_training_bit_identical(tmp_path):
                 "optimizer=alphaadam",
             ],
             cwd=tmp_path,
-            env=_env(),
+            env=subprocess_env(),
             capture_output=True,
             text=True,
             check=True,

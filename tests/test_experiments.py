@@ -177,8 +177,8 @@ def _built(overrides: list[str]):
 
 @pytest.mark.parametrize("experiment", ["smoke", "shakespeare_cpu"])
 def test_cpu_experiments_run_the_fused_step_of_each_optimizer(experiment):
-    from alphaadam.optim.fused import select_fused_impl
     from alphaadam.optim.fused_cpu import cpu_alphaadam
+    from alphaadam.optim.step_paths import select_fused_impl
 
     for name in ("alphaadam", "alphaadam_onepass", "adamw_sm", "adamw_am", "cadamw"):
         fused, opt = _built([f"experiment={experiment}", f"optimizer={name}"])

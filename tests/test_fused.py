@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from alphaadam import PRESETS, AlphaAdam
-from alphaadam.optim.fused import select_fused_impl
+from alphaadam.optim.step_paths import select_fused_impl
 from fused_cases import (
     ONE_PASS_SETS,
     ONE_PASS_STEPS,
@@ -162,9 +162,9 @@ def test_auto_choice_on_cuda_is_foreach_until_triton_passed_on_hardware(monkeypa
     # pick them on CUDA. A stand-in for CUDA parameters: the choice reads is_cuda and dtype.
     from types import SimpleNamespace
 
-    import alphaadam.optim.fused as fused
+    import alphaadam.optim.step_paths as step_paths
 
-    monkeypatch.setattr(fused, "triton_installed", lambda: True)
+    monkeypatch.setattr(step_paths, "triton_installed", lambda: True)
     cuda_params = [SimpleNamespace(is_cuda=True, dtype=torch.float32, device="cuda:0")]
     assert select_fused_impl(None, None, cuda_params) is None
     if HAS_TRITON:

@@ -291,9 +291,9 @@ def test_optimizer_fused_override_reaches_the_c_plus_plus_step(name):
     # key the config lacks, and the trainer passes the optimizer config to the registry.
     from omegaconf import OmegaConf
 
-    from alphaadam.optim.fused import select_fused_impl
     from alphaadam.optim.fused_cpu import cpu_alphaadam
     from alphaadam.optim.registry import build_optimizer
+    from alphaadam.optim.step_paths import select_fused_impl
     from trainer_helpers import compose_config
 
     cfg = compose_config([f"optimizer={name}", "optimizer.fused=true"])

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from alphaadam.data import corpus
+from alphaadam.data.smoke import smoke_text
+from alphaadam.data.token_cache import text_cache
 from alphaadam.data.tokenizers import Tokenizer, build_tokenizer
 from alphaadam.tasks.lm import LMTask, WindowStream
 
@@ -65,17 +66,17 @@ def test_text_cache_splits_the_tokens_and_is_reused(tmp_path):
     src = tmp_path / "corpus.txt"
     src.write_text(text)
     tok = build_tokenizer("byte")
-    folder = corpus.text_cache([src], tok, tmp_path / "cache", val_fraction=0.1)
+    folder = text_cache([src], tok, tmp_path / "cache", val_fraction=0.1)
     train = np.memmap(folder / "train.bin", dtype=np.uint16, mode="r")
     val = np.memmap(folder / "val.bin", dtype=np.uint16, mode="r")
     raw = np.frombuffer(text.encode(), dtype=np.uint8)
     n_val = int(len(raw) * 0.1)
     assert np.array_equal(val, raw[-n_val:]) and np.array_equal(train, raw[:-n_val])
     stamp = (folder / "train.bin").stat().st_mtime_ns
-    assert corpus.text_cache([src], tok, tmp_path / "cache", 0.1) == folder
+    assert text_cache([src], tok, tmp_path / "cache", 0.1) == folder
     assert (folder / "train.bin").stat().st_mtime_ns == stamp  # not rewritten
     src.write_text(text + "more\n")  # a changed file gets its own cache
-    assert corpus.text_cache([src], tok, tmp_path / "cache", 0.1) != folder
+    assert text_cache([src], tok, tmp_path / "cache", 0.1) != folder
     assert not list((tmp_path / "cache" / "text").glob(".tmp-*"))
 
 
@@ -88,7 +89,7 @@ def test_text_cache_separates_files_with_end_of_text():
         a, b = Path(d, "a.txt"), Path(d, "b.txt")
         a.write_text("ab")
         b.write_text("cdefghijklmnopqrst")
-        folder = corpus.text_cache([a, b], tok, Path(d, "cache"), 0.25)
+        folder = text_cache([a, b], tok, Path(d, "cache"), 0.25)
         tokens = np.concatenate(
             [np.fromfile(folder / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")]
         )
@@ -151,9 +152,9 @@ def test_too_short_split_is_an_error():
 
 # ------------------------------------------------------------------------- smoke corpus
 def test_smoke_corpus_is_deterministic_and_follows_its_counting_rule():
-    text = corpus.smoke_text(n_sentences=500, seed=0)
-    assert text == corpus.smoke_text(n_sentences=500, seed=0)
-    assert text != corpus.smoke_text(n_sentences=500, seed=1)
+    text = smoke_text(n_sentences=500, seed=0)
+    assert text == smoke_text(n_sentences=500, seed=0)
+    assert text != smoke_text(n_sentences=500, seed=1)
     lines = text.strip().split("\n")
     assert len(lines) == 500
     for line in lines:

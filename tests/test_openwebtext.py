@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alphaadam.data import corpus
+from alphaadam.data import openwebtext
 from alphaadam.data.tokenizers import Tokenizer
 from alphaadam.hub import HubAccessError
 from fake_hub import FakeHub
@@ -119,7 +119,7 @@ def hf_home(tmp_path, monkeypatch):
 
 
 def _prepare(cache: Path, n_docs: int, tokens: int, **kw) -> Path:
-    return corpus.openwebtext_cache(
+    return openwebtext.openwebtext_cache(
         BYTES_EOT,
         cache,
         expected_documents=n_docs,
@@ -186,7 +186,7 @@ def test_a_partial_parquet_conversion_is_refused_before_anything_is_written(
         hub.add("dataset", REPO, tmp_path / "repo")
         hub.add("dataset", REPO, tmp_path / "converted", revision="refs/convert/parquet")
         hub.serve(monkeypatch)
-        with pytest.raises(corpus.IncompleteCorpusError, match=r"has 10 documents, but 24"):
+        with pytest.raises(openwebtext.IncompleteCorpusError, match=r"has 10 documents, but 24"):
             _prepare(
                 tmp_path / "cache", 24, _train_tokens(documents), hf_revision="refs/convert/parquet"
             )
@@ -199,7 +199,7 @@ def test_a_partial_parquet_conversion_is_refused_before_anything_is_written(
 def test_a_token_count_off_the_expected_one_writes_nothing(tmp_path, hf_home):
     documents = write_raw_repo(tmp_path / "repo", shards=1)
     tokens = _train_tokens(documents)
-    with pytest.raises(corpus.IncompleteCorpusError) as err:
+    with pytest.raises(openwebtext.IncompleteCorpusError) as err:
         _prepare(tmp_path / "cache", len(documents), tokens + 100, local_dir=tmp_path / "repo")
     assert f"has {tokens:,} train tokens (bytes_eot tokenizer), but {tokens + 100:,}" in str(
         err.value

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from alphaadam import preflight as pf
+from alphaadam.checks import check_model_source
 from fake_hub import FakeHub
 from test_openwebtext import write_raw_repo
 from trainer_helpers import CONFIG_DIR, compose_config
@@ -215,7 +216,7 @@ def test_roberta_and_llama_from_their_configs_alone(tmp_path, offline):
     assert all(p.device.type == "meta" for p in causal.parameters())
 
     # Without weights the preflight says so (a run would fail to load them).
-    check = pf.check_model_source(str(llama), "hint")
+    check = check_model_source(str(llama), "hint")
     assert check.status == "FAIL" and "no complete weights" in check.detail
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from trainer_helpers import REPO, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -55,13 +55,6 @@ def slurm():
         pytest.skip(reason)
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = "1"
-    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 def _launch(sweep_dir: Path, name: str, *overrides: str) -> subprocess.Popen:
     """The Hydra launcher blocks until its jobs are done, so it runs in the background."""
     cmd = [
@@ -79,7 +72,9 @@ def _launch(sweep_dir: Path, name: str, *overrides: str) -> subprocess.Popen:
         *overrides,
     ]
     log = open(sweep_dir.parent / f"{sweep_dir.name}.launcher.log", "w")
-    return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def _wait(proc: subprocess.Popen, sweep_dir: Path, timeout: float) -> None:
@@ -148,7 +143,9 @@ def test_plain_multirun_jobs_get_fixed_resumable_run_dirs(slurm, tmp_path: Path)
         "trainer.progress_bar=false",
     ]
     try:
-        subprocess.run(cmd, cwd=REPO, env=_env(), check=True, capture_output=True, timeout=300)
+        subprocess.run(
+            cmd, cwd=REPO, env=subprocess_env(), check=True, capture_output=True, timeout=300
+        )
     finally:
         _cancel(name)
     (run,) = _run_dirs(sweep_dir)
@@ -189,7 +186,7 @@ def reference_loss(slurm, tmp_path_factory) -> float:
             *REQUEUE_STEPS,
         ],
         cwd=REPO,
-        env=_env(),
+        env=subprocess_env(),
         check=True,
         capture_output=True,
     )
@@ -253,7 +250,7 @@ def test_sbatch_template_requeues_on_usr1_and_resumes(slurm, reference_loss: flo
     name = f"aa-sbatch-{uuid.uuid4().hex[:8]}"
     run_dir = tmp_path / "run"
     log = tmp_path / "job.out"
-    env = _env() | {"NPROC": "1", "RUN_DIR": str(run_dir)}
+    env = subprocess_env() | {"NPROC": "1", "RUN_DIR": str(run_dir)}
     job = subprocess.run(
         [
             "sbatch",

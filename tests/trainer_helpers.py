@@ -1,14 +1,31 @@
-"""Compose the project's Hydra config and run the shared trainer in-process (tests only)."""
+"""Compose the project's Hydra config and run the shared trainer in-process (tests only); the
+home of the tests' tiny-run overrides (:data:`TINY`), subprocess environment and accelerate
+reset."""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
+
+# Overrides that make a test run small and quiet: no progress bar, a record every step and
+# two evaluation batches.
+TINY = ["trainer.progress_bar=false", "trainer.log_every=1", "data.eval_iters=2"]
+
+
+def subprocess_env() -> dict[str, str]:
+    """This environment for a child process (train.py, a script): one thread, and this
+    checkout's ``src`` first on the import path."""
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    return env
 
 
 def compose_config(overrides: list[str]):
@@ -17,10 +34,12 @@ def compose_config(overrides: list[str]):
 
 
 def reset_accelerate() -> None:
-    # Accelerator state is a process-wide singleton; each in-process run starts afresh.
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
+    """Forget accelerate's state, a process-wide singleton that refuses a second configuration
+    (e.g. mixed_precision="no" after a bf16 run), so that each in-process run starts afresh
+    whichever tests ran before it. Before accelerate is imported there is nothing to forget."""
+    state = sys.modules.get("accelerate.state")
+    if state is not None:
+        state.AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def run_training(overrides: list[str], output_root: Path) -> Path:

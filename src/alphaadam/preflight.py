@@ -13,15 +13,15 @@ a run needs without training and without downloading weights:
   ``benchmarks/optimizer_memory.py``;
 * the effective global batch, and that the output directories can be written.
 
-It prints one line per check and returns non-zero when any check fails.
+It prints one line per check and returns non-zero when any check fails. The check type and
+the helpers a task's own ``preflight()`` uses are in :mod:`alphaadam.checks`; this module
+holds the run-level checks and the report.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterable, MutableMapping
@@ -32,7 +32,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-OK, WARN, FAIL = "ok", "warn", "FAIL"
+from .checks import (
+    FAIL,
+    GB,
+    Check,
+    check_writable,
+    fail,
+    ok,
+    warn,
+)
 
 # The paper's parameter counts (Table 5 for GPT-2; RoBERTa-base and Llama-2-7B as their
 # papers give them), by model config name. The preflight warns beyond PARAMETER_TOLERANCE.
@@ -65,29 +73,6 @@ STATE_BYTES_PER_PARAM: dict[tuple[str, int | None], float] = {
     ("alphasgd", None): 4.000,
 }
 SHAPE_DEPENDENT = ("galore", "ldadam")
-
-_GB = 1e9
-
-
-@dataclass
-class Check:
-    """One line of the preflight report."""
-
-    name: str
-    status: str  # ok | warn | FAIL
-    detail: str
-
-
-def ok(name: str, detail: str) -> Check:
-    return Check(name, OK, detail)
-
-
-def warn(name: str, detail: str) -> Check:
-    return Check(name, WARN, detail)
-
-
-def fail(name: str, detail: str) -> Check:
-    return Check(name, FAIL, detail)
 
 
 @dataclass
@@ -127,64 +112,6 @@ class Report:
             names = ", ".join(c.name for c in self.failed)
             lines.append(f"Preflight FAILED ({names}): fix the lines marked FAIL before launching.")
         return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------
-# Helpers the tasks use in their own preflight()
-# ---------------------------------------------------------------------------------------
-def check_files(name: str, paths: Iterable[Path], setting: str) -> Check:
-    paths = [Path(p).expanduser() for p in paths]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        return fail(name, f"{setting}: missing {', '.join(missing)}")
-    size = sum(p.stat().st_size for p in paths)
-    return ok(name, f"{len(paths)} local file(s), {size / 1e6:.1f} MB ({setting})")
-
-
-def check_model_source(name_or_path: str, local_hint: str, what: str = "Model") -> Check:
-    """A transformers model: a local folder with its config and every weight file, or a Hub
-    repository this machine can read (weights cached, or downloaded when the run starts)."""
-    from .hub import check_repo, looks_local, weight_files
-
-    folder = Path(name_or_path).expanduser()
-    if folder.is_dir():
-        if not (folder / "config.json").is_file():
-            return fail("model", f"{folder} has no config.json: not a transformers model folder")
-        weights = weight_files(folder)
-        if weights is None:
-            return fail(
-                "model",
-                f"{folder} has no complete weights (model.safetensors, pytorch_model.bin, or "
-                "every shard an index names)",
-            )
-        size = sum(p.stat().st_size for p in weights)
-        return ok(
-            "model", f"local folder {folder}, {len(weights)} weight file(s), {size / _GB:.2f} GB"
-        )
-    if looks_local(name_or_path):
-        return fail("model", f"{what} {name_or_path}: no such local directory")
-    good, detail = check_repo(name_or_path, "model", what, local_hint, need_weights=True)
-    return Check("model", OK if good else FAIL, f"{name_or_path}: {detail}" if good else detail)
-
-
-def check_writable(name: str, folders: Iterable[Path]) -> Check:
-    """Each folder can be created and written (tried with a temporary file, then removed)."""
-    shown = []
-    for folder in folders:
-        folder = Path(folder).expanduser().absolute()
-        existing = folder
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir():
-            return fail(name, f"{folder}: {existing} is not a directory")
-        try:
-            with tempfile.TemporaryFile(dir=existing):
-                pass
-        except OSError as exc:
-            return fail(name, f"{folder} cannot be written: {exc.strerror or exc} ({existing})")
-        free = shutil.disk_usage(existing).free
-        shown.append(f"{folder} ({free / _GB:.0f} GB free)")
-    return ok(name, "writable: " + ", ".join(shown))
 
 
 # ---------------------------------------------------------------------------------------
@@ -303,7 +230,7 @@ def _check_optimizer(model: torch.nn.Module, cfg: DictConfig) -> Check:
 
 
 def _size(n: float) -> str:
-    return f"{n / _GB:.2f} GB" if n >= 0.1 * _GB else f"{n / 1e6:.1f} MB"
+    return f"{n / GB:.2f} GB" if n >= 0.1 * GB else f"{n / 1e6:.1f} MB"
 
 
 def _check_memory(model: torch.nn.Module, cfg: DictConfig, processes: int, fsdp: bool) -> Check:
@@ -351,7 +278,7 @@ def _check_memory(model: torch.nn.Module, cfg: DictConfig, processes: int, fsdp:
             f"+{_size(grads)} per GPU (docs/finetuning.md)"
         )
     full = None if state is None else weights + grads + state
-    if not fsdp and full is not None and full >= 10 * _GB:
+    if not fsdp and full is not None and full >= 10 * GB:
         over = ", ".join(f"{n} GPUs {_size(full / n)}" for n in (2, 4, 8))
         notes.append(f"with FSDP (trainer.preflight_fsdp=true): {over} per GPU")
     if notes:

@@ -24,7 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import run_dir as rd
 from .checkpoint import latest_checkpoint
-from .tasks.base import Task
+from .tasks.base import task_name
 
 if TYPE_CHECKING:
     from .trainer import Parts, Run, StepResult, TrainState
@@ -59,11 +59,6 @@ class RunInterrupted(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-def task_name(task: Task) -> str:
-    """``task.name``, or the task's module name (summary.json's ``task``)."""
-    return getattr(task, "name", "") or type(task).__module__.rsplit(".", 1)[-1]
 
 
 def provenance() -> dict[str, Any]:
@@ -411,10 +406,10 @@ class RunRecord:
             raise NonFiniteLossError(
                 f"non-finite loss {result.loss} / grad norm {result.grad_norm} at step "
                 f"{state.step + 1}: {state.skipped_steps} bad steps exceed "
-                f"trainer.nan_skip_budget={self.tc.nan_skip_budget}. {self._way_forward()}"
+                f"trainer.nan_skip_budget={self.tc.nan_skip_budget}. {self._recovery_advice()}"
             )
 
-    def _way_forward(self) -> str:
+    def _recovery_advice(self) -> str:
         newest = latest_checkpoint(self.run.dir / rd.CHECKPOINTS)
         if newest is None:
             return (

@@ -52,12 +52,12 @@ from .checkpoint import (
     set_rng_state,
     tidy_checkpoints,
 )
+from .checks import FAIL, check_writable
 from .cpu_memory import CPU_ALLOCATOR_CHOICES, configure_cpu_allocator
 from .hub import HubAccessError
 from .optim.registry import build_optimizer
-from .preflight import FAIL, check_writable
-from .run_record import NonFiniteLossError, RunInterrupted, RunRecord, task_name
-from .tasks.base import BatchStream, Task
+from .run_record import NonFiniteLossError, RunInterrupted, RunRecord
+from .tasks.base import BatchStream, Task, task_name
 
 # Status lines; only the main process writes them (each call site checks).
 log = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ multiplier the last update applied, 0 if it took the exact step.
 ``load_state_dict`` keeps this layout (torch's default would cast fp32 moments to a half
 parameter's dtype).
 
-This module holds the class (arguments, state, the per-group step); ``fused.select_step``
+This module holds the class (arguments, state, the per-group step); ``step_paths.select_step``
 picks the step path that does the math: ``reference_paths.py`` (single-tensor, foreach) or a
 fused back end (docs/optimizer.md, "Code layout").
 """
@@ -55,10 +55,10 @@ import torch
 from torch import Tensor
 
 from .adam_math import AdamHParams, state_dtype
-from .fused import check_fused_choice, select_step
 from .masked_optimizer import MaskedOptimizer, check_betas, check_lr, check_nonnegative
 from .masking import MaskConfig, step_scale
 from .sharding import local_buckets
+from .step_paths import check_fused_choice, select_step
 
 __all__ = ["AlphaAdam", "PRESETS", "alphaadam_preset"]
 

@@ -1,14 +1,14 @@
 """Factories of the Table 3 family: AlphaAdam's presets, the one-pass extension, AlphaAdam
 with every option from the config, and torch's AdamW (the ``adamw`` row).
 
-``adamw_sm`` is Cautious AdamW, also registered as ``cadamw`` (the paper's CAdamW baseline).
-
-The rescale variants are named methods, so that their runs get run directories and table
-rows of their own (``optimizer.name`` names both): ``alphaadam_active`` and ``cadamw_active``
-(``rescale="active"``, an extension beyond the paper, docs/optimizer.md), and two
-ablations, ``alphaadam_norescale`` (no rescale on any tensor) and
-``alphaadam_embed_norescale`` (none on the token embedding alone). Any preset also takes
-``rescale`` and ``param_overrides`` from the config directly.
+``registry.OPTIMIZERS`` names them: ``adamw_sm`` is Cautious AdamW, also named ``cadamw``
+(the paper's CAdamW baseline). The rescale variants are named methods, so that their runs
+get run directories and table rows of their own (``optimizer.name`` names both):
+``alphaadam_active`` and ``cadamw_active`` (``rescale="active"``, an extension beyond the
+paper, docs/optimizer.md), and two ablations, ``alphaadam_norescale`` (no rescale on any
+tensor) and ``alphaadam_embed_norescale`` (none on the token embedding alone, with
+:data:`TOKEN_EMBEDDING`). Any preset also takes ``rescale`` and ``param_overrides`` from the
+config directly.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from .alphaadam import PRESETS, AlphaAdam, alphaadam_preset
-from .factory_base import OptimizerFactory, register_optimizer, split_decay
+from .factory_base import OptimizerFactory, split_decay
 
 # The token embedding of each model family here: BERT/MiniLM, Llama, nanoGPT.
 TOKEN_EMBEDDING = r"word_embeddings|embed_tokens|transformer\.wte"
@@ -40,32 +40,17 @@ def make_preset_factory(preset: str, **variant: Any) -> OptimizerFactory:
     return factory
 
 
-for _preset in PRESETS:
-    if _preset != "adamw":  # the adamw row is torch's AdamW, below
-        register_optimizer(_preset)(make_preset_factory(_preset))
-register_optimizer("cadamw")(make_preset_factory("adamw_sm"))
-register_optimizer("alphaadam_active")(make_preset_factory("alphaadam", rescale="active"))
-register_optimizer("cadamw_active")(make_preset_factory("adamw_sm", rescale="active"))
-register_optimizer("alphaadam_norescale")(make_preset_factory("alphaadam", rescale=False))
-register_optimizer("alphaadam_embed_norescale")(
-    make_preset_factory("alphaadam", param_overrides={TOKEN_EMBEDDING: {"rescale": False}})
-)
-
-
-@register_optimizer("alphaadam_onepass")
-def _alphaadam_one_pass(model: nn.Module, **cfg: Any) -> Optimizer:
+def build_alphaadam_onepass(model: nn.Module, **cfg: Any) -> Optimizer:
     """The alphaadam preset with ``one_pass=True`` (an extension, not the paper's algorithm)."""
     return make_preset_factory("alphaadam")(model, one_pass=True, **cfg)
 
 
-@register_optimizer("alphaadam_custom")
-def _alphaadam_custom(model: nn.Module, **cfg: Any) -> Optimizer:
+def build_alphaadam_custom(model: nn.Module, **cfg: Any) -> Optimizer:
     """AlphaAdam with every option from the config (mask, alpha, alpha_max, rescale, ...)."""
     return AlphaAdam(split_decay(model, cfg), **cfg)
 
 
-@register_optimizer("adamw")
-def _torch_adamw(model: nn.Module, **cfg: Any) -> Optimizer:
+def build_torch_adamw(model: nn.Module, **cfg: Any) -> Optimizer:
     """torch.optim.AdamW: ``fused=None`` is fused on CUDA and foreach elsewhere (unless
     ``foreach`` is given), ``True`` the fused step on any device (torch has one for CPU too),
     ``False`` foreach."""

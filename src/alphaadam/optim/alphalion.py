@@ -49,6 +49,7 @@ from .masking import (
     foreach_mask_and_compensate,
     mask_and_compensate,
 )
+from .step_paths import use_foreach
 
 __all__ = ["AlphaLion", "LION_PRESETS"]
 
@@ -128,7 +129,7 @@ class AlphaLion(MaskedOptimizer):
         params, grads, exp_avgs, stats = self._init_group(group, cfg)
         if not params:
             return
-        foreach = self._use_foreach(group.get("foreach"), params)
+        foreach = use_foreach(group.get("foreach"), params)
         impl = _multi_tensor_alphalion if foreach else _single_tensor_alphalion
         beta1, beta2 = group["betas"]
         impl(

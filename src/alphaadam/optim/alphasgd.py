@@ -43,6 +43,7 @@ from .masking import (
     foreach_mask_and_compensate,
     mask_and_compensate,
 )
+from .step_paths import use_foreach
 
 __all__ = ["AlphaSGD", "SGD_PRESETS"]
 
@@ -145,7 +146,7 @@ class AlphaSGD(MaskedOptimizer):
         params, grads, bufs, fresh, stats = self._init_group(group, cfg)
         if not params:
             return
-        foreach = self._use_foreach(group.get("foreach"), params)
+        foreach = use_foreach(group.get("foreach"), params)
         impl = _multi_tensor_alphasgd if foreach else _single_tensor_alphasgd
         impl(
             params,

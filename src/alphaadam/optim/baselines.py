@@ -1,15 +1,15 @@
-"""Every registered optimizer beyond the AlphaAdam family: the paper's baselines and the
+"""The factories of every optimizer beyond the AlphaAdam family: the paper's baselines and the
 AlphaAdam mask on other momentum optimizers.
 
-Importing :mod:`alphaadam.optim.registry` imports this module, so ``build_optimizer`` knows
-every name below. Optional packages are imported only inside the factory that needs them:
-a missing one never breaks ``import alphaadam``; requesting its optimizer raises an
-``ImportError`` with the install command.
+``registry.OPTIMIZERS`` maps each name in the table to its ``build_*`` factory here. Optional
+packages are imported only inside the factory that needs them: a missing one never breaks
+``import alphaadam``; requesting its optimizer raises an ``ImportError`` with the install
+command.
 
 ==============  ============================================================================
 name            source
 ==============  ============================================================================
-cadamw          Cautious AdamW = AlphaAdam's ``adamw_sm`` preset, registered in
+cadamw          Cautious AdamW = AlphaAdam's ``adamw_sm`` preset, built by
                 ``alphaadam_factories.py`` (tested against the rule of Liang et al. 2024 and
                 pytorch-optimizer's ``apply_cautious``)
 adam_mini       ``adam_mini.Adam_mini`` (PyPI ``adam-mini``)
@@ -36,7 +36,7 @@ from torch.optim import Optimizer
 
 from .alphalion import LION_PRESETS, AlphaLion
 from .alphasgd import SGD_PRESETS, AlphaSGD
-from .factory_base import param_groups, register_optimizer, split_decay
+from .factory_base import param_groups, split_decay
 from .sharding import is_dtensor
 
 BASELINES_HINT = 'pip install "alphaadam[baselines]"'
@@ -85,25 +85,20 @@ def _make_momentum_factory(name: str, cls: type[Optimizer], fixed: dict[str, Any
     return factory
 
 
-register_optimizer("lion")(
-    _make_momentum_factory("lion", AlphaLion, LION_PRESETS["lion"], "alphalion")
-)
+build_lion = _make_momentum_factory("lion", AlphaLion, LION_PRESETS["lion"], "alphalion")
 
 
-@register_optimizer("alphalion")
-def _alphalion(model: nn.Module, **cfg: Any) -> Optimizer:
+def build_alphalion(model: nn.Module, **cfg: Any) -> Optimizer:
     """AlphaLion; mask/alpha/alpha_max/rescale default to AlphaAdam's and may be overridden."""
     return AlphaLion(split_decay(model, cfg), **{**LION_PRESETS["alphalion"], **cfg})
 
 
-@register_optimizer("alphasgd")
-def _alphasgd(model: nn.Module, **cfg: Any) -> Optimizer:
+def build_alphasgd(model: nn.Module, **cfg: Any) -> Optimizer:
     """AlphaSGD; mask/alpha/alpha_max/rescale default to AlphaAdam's and may be overridden."""
     return AlphaSGD(split_decay(model, cfg), **{**SGD_PRESETS["alphasgd"], **cfg})
 
 
-@register_optimizer("sgd")
-def _sgd(model: nn.Module, **cfg: Any) -> Optimizer:
+def build_sgd(model: nn.Module, **cfg: Any) -> Optimizer:
     """torch.optim.SGD (weight decay only on tensors of >= 2 dims, as for every optimizer)."""
     return torch.optim.SGD(split_decay(model, cfg), **cfg)
 
@@ -151,8 +146,7 @@ def model_attention_dims(model: nn.Module) -> dict[str, int] | None:
     return None
 
 
-@register_optimizer("adam_mini")
-def _adam_mini(
+def build_adam_mini(
     model: nn.Module,
     *,
     lr: float,
@@ -309,8 +303,7 @@ def _serialisable_galore(base: type[Optimizer], projector_cls: type) -> type[Opt
     return GaLoreAdamW
 
 
-@register_optimizer("galore")
-def _galore(
+def build_galore(
     model: nn.Module,
     *,
     lr: float,
@@ -344,8 +337,7 @@ def _galore(
     return cls(groups, lr=lr, betas=tuple(betas), eps=eps, no_deprecation_warning=True)
 
 
-@register_optimizer("ldadam")
-def _ldadam(
+def build_ldadam(
     model: nn.Module,
     *,
     lr: float,
@@ -430,8 +422,7 @@ def _unsharded_only(cls: type[Optimizer], name: str) -> type[Optimizer]:
 
 
 # -------------------------------------------------------------------------- adam8bit
-@register_optimizer("adam8bit")
-def _adam8bit(
+def build_adam8bit(
     model: nn.Module,
     *,
     lr: float,
@@ -456,8 +447,7 @@ def _adam8bit(
 
 
 # ------------------------------------------------------------------------- microadam
-@register_optimizer("microadam")
-def _microadam(
+def build_microadam(
     model: nn.Module,
     *,
     lr: float,

@@ -1,10 +1,9 @@
-"""The optimizer name table and the helpers every factory uses; imports no optimizer.
+"""The helpers every optimizer factory uses; imports no optimizer.
 
 A factory receives the model (some baselines need parameter names or module shapes) and
 the optimizer config as keyword arguments (``lr``, ``betas``, ``eps``, ``weight_decay``
-and any option of that optimizer) and returns a ``torch.optim.Optimizer``. The factory
-modules (``alphaadam_factories.py``, ``baselines.py``) register theirs here with
-:func:`register_optimizer`; ``registry.py`` imports them and builds by name.
+and any option of that optimizer) and returns a ``torch.optim.Optimizer``. The factories
+live in ``alphaadam_factories.py`` and ``baselines.py``; ``registry.OPTIMIZERS`` names them.
 """
 
 from __future__ import annotations
@@ -17,18 +16,6 @@ from torch import nn
 from torch.optim import Optimizer
 
 OptimizerFactory = Callable[..., Optimizer]
-
-REGISTRY: dict[str, OptimizerFactory] = {}
-
-
-def register_optimizer(name: str) -> Callable[[OptimizerFactory], OptimizerFactory]:
-    def decorator(factory: OptimizerFactory) -> OptimizerFactory:
-        if name in REGISTRY:
-            raise ValueError(f"optimizer {name!r} is registered twice")
-        REGISTRY[name] = factory
-        return factory
-
-    return decorator
 
 
 def param_groups(

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .masking import MaskConfig, step_scale
+from .masking import MaskConfig, previous_where_usable, step_scale
 from .sharding import is_dtensor
 
 # The per-tensor diagnostics of a masked step (mask_statistics), in this order.
@@ -137,11 +137,6 @@ class MaskedOptimizer(Optimizer):
         if "grad_density" not in state:
             state["grad_density"] = torch.zeros((), dtype=dtype, device=device)
 
-    @staticmethod
-    def _use_foreach(foreach: bool | None, params: list[Tensor]) -> bool:
-        # torch's rule: None picks the multi-tensor path for CUDA parameters.
-        return all(p.is_cuda for p in params) if foreach is None else foreach
-
     # ------------------------------------------------------------ diagnostics
     def mask_statistics(
         self, named_parameters: Iterable[tuple[str, Tensor]] | None = None
@@ -183,8 +178,8 @@ class MaskedOptimizer(Optimizer):
                         state.get("grad_density"),
                     )
                     reused = state.get("reused_scale")  # one-pass groups only
-                    if group.get("one_pass") and reused is not None:
-                        applied = torch.where(reused > 0, reused.to(applied.dtype), applied)
+                    if group.get("one_pass"):
+                        applied = previous_where_usable(applied, reused)
                     out[names[p]] = {
                         "alpha": state["alpha"],
                         "mask_density": state["mask_density"],

@@ -243,7 +243,7 @@ def mask_and_compensate(
     scale_alpha, alpha, density, grad_density = compensation(
         total_sq, kept_sq, nnz, numel, cfg, active
     )
-    update.mul_(_applied(scale_alpha, previous_scale))
+    update.mul_(previous_where_usable(scale_alpha, previous_scale))
     return update, alpha, density, grad_density
 
 
@@ -286,13 +286,14 @@ def foreach_mask_and_compensate(
     scale_alphas, alphas, densities, grad_densities = compensation(
         total_sq, kept_sq, nnz, numels, cfg, active
     )
-    coefficients = _applied(scale_alphas, previous_scales)
+    coefficients = previous_where_usable(scale_alphas, previous_scales)
     torch._foreach_mul_(updates, list(coefficients.unbind(0)))
     return updates, alphas, densities, grad_densities
 
 
-def _applied(coefficient: Tensor, previous: Tensor | None) -> Tensor:
-    """This step's coefficient, or the previous step's where it is usable (positive)."""
+def previous_where_usable(coefficient: Tensor, previous: Tensor | None) -> Tensor:
+    """This step's coefficient, or the previous step's where it is usable (positive): the
+    multiplier a one-pass step applies (``previous`` is ``None`` for the exact step)."""
     if previous is None:
         return coefficient
     return torch.where(previous > 0, previous.to(coefficient.dtype), coefficient)

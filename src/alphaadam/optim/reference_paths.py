@@ -1,7 +1,7 @@
 """The reference AlphaAdam step paths: single-tensor (reads like Algorithm 1) and
 multi-tensor (the same math with ``torch._foreach_*`` kernels).
 
-``fused.select_step`` picks one of these (``fused=None``/``False``) or a fused back end; all
+``step_paths.select_step`` picks one of these (``fused=None``/``False``) or a fused back end; all
 are called as ``path(bucket, hp, cfg, workspace=...)`` (``sharding.LocalBucket``,
 ``adam_math.AdamHParams``, ``masking.MaskConfig``) and keep the same state, so a checkpoint
 moves between them. The tests compare both with the float64 transcription of Algorithm 1

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from ..preflight import Check
+from ..checks import Check
 
 Batch = dict[str, torch.Tensor]
 
@@ -80,7 +79,7 @@ class Task(abc.ABC):
     def preflight(self) -> list[Check]:
         """Check, without training or downloading weights, that the tokenizer, data and
         model this task needs can be reached (local files, the cache, or the Hub with this
-        machine's token): a list of :class:`alphaadam.preflight.Check`. May prepare what
+        machine's token): a list of :class:`alphaadam.checks.Check`. May prepare what
         :meth:`meta_model` needs (a small tokenizer). ``trainer.preflight=true`` calls it
         instead of :meth:`setup`; the default checks nothing."""
         return []
@@ -121,3 +120,8 @@ class Task(abc.ABC):
         The trainer calls this on every process, in eval mode, under ``torch.no_grad()``
         and the accelerator's autocast, and restores train mode afterwards; every process
         must return the same numbers (reduce over processes)."""
+
+
+def task_name(task: Task) -> str:
+    """``task.name``, or the task's module name (summary.json's ``task``)."""
+    return getattr(task, "name", "") or type(task).__module__.rsplit(".", 1)[-1]

@@ -20,18 +20,25 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..hub import GLUE_HINT, MODEL_HINT, TOKENIZER_HINT, HubAccessError, hub_access
+from ..checks import Check, check_files, check_model_source, fail, ok
+from ..eval import load_glue_metric
+from ..hub import (
+    GLUE_HINT,
+    MODEL_HINT,
+    TOKENIZER_HINT,
+    HubAccessError,
+    check_repo,
+    hub_access,
+    hub_reachable,
+)
 from .base import Batch, Task, cfg_get
 from .epoch_stream import EpochBatchStream, epoch_steps
-
-if TYPE_CHECKING:
-    from alphaadam.preflight import Check
 
 log = logging.getLogger(__name__)
 
@@ -280,9 +287,6 @@ class GlueTask(Task):
 
     # -- preflight (alphaadam/preflight.py) ----------------------------------------------
     def preflight(self) -> list[Check]:
-        from alphaadam.hub import check_repo
-        from alphaadam.preflight import Check, check_files, check_model_source
-
         checks = [preflight_tokenizer(self)]
         if self.glue_dir is not None:
             folder = Path(self.glue_dir).expanduser() / self.spec.dir_name
@@ -339,8 +343,6 @@ class GlueTask(Task):
     @property
     def metric(self):
         if self._metric is None:
-            from ..eval import load_glue_metric
-
             self._metric = load_glue_metric(self.spec.name)
         return self._metric
 
@@ -391,8 +393,6 @@ def hf_config(name_or_path: str, **kwargs):
     """A transformers model config alone (config.json, never the weights), for the preflight."""
     from transformers import AutoConfig
 
-    from alphaadam.hub import hub_reachable
-
     with hub_access("Model", name_or_path, MODEL_HINT):
         return AutoConfig.from_pretrained(
             name_or_path, local_files_only=not hub_reachable(), **kwargs
@@ -403,9 +403,6 @@ def preflight_tokenizer(task):
     """Load a transformers task's tokenizer (small files, cached by the Hub client) and
     report it: the preflight's tokenizer check for GLUE and GSM8K."""
     import transformers
-
-    from alphaadam.hub import hub_reachable
-    from alphaadam.preflight import fail, ok
 
     name = getattr(task, "tokenizer_class", "AutoTokenizer")
     tokenizer_cls = getattr(transformers, name, None)

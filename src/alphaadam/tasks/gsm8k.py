@@ -22,19 +22,17 @@ import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..checks import Check, check_files, check_model_source, ok
 from ..eval.gsm8k import format_prompt, read_gsm8k_jsonl, score_gsm8k
-from ..hub import GSM8K_HINT, MODEL_HINT, hub_access
+from ..hub import GSM8K_HINT, MODEL_HINT, check_repo, hub_access
 from .base import Batch, Task, cfg_get
 from .epoch_stream import EpochBatchStream, epoch_steps
 from .glue import _tokenizer_hint, hf_config, preflight_tokenizer
-
-if TYPE_CHECKING:
-    from ..preflight import Check
 
 log = logging.getLogger(__name__)
 
@@ -329,9 +327,6 @@ class GSM8KTask(Task):
 
     # -- preflight (alphaadam/preflight.py) ----------------------------------------------
     def preflight(self) -> list[Check]:
-        from alphaadam.hub import check_repo
-        from alphaadam.preflight import Check, check_files, check_model_source, ok
-
         checks = [preflight_tokenizer(self)]
         if self.path is not None:
             p = Path(self.path).expanduser()

@@ -7,19 +7,20 @@ import math
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..data.corpus import openwebtext_cache, smoke_cache, text_cache
+from ..checks import Check, check_files, check_writable, fail, ok
+from ..data.openwebtext import find_openwebtext_files, openwebtext_cache, openwebtext_folder
+from ..data.smoke import smoke_cache
+from ..data.token_cache import text_cache
 from ..data.tokenizers import build_tokenizer
-from ..models.gpt import build_gpt
+from ..hub import GPT2_INIT_HINT, OPENWEBTEXT_HINT, HubAccessError, hub_access, hub_reachable
+from ..models.gpt import GPT, GPTConfig, build_gpt
 from .base import Batch, BatchStream, Task
-
-if TYPE_CHECKING:
-    from ..preflight import Check
 
 SOURCES = ("smoke", "text", "openwebtext")
 _OPENWEBTEXT_KEYS = (
@@ -209,8 +210,6 @@ class LMTask(Task):
 
     # -- preflight (alphaadam/preflight.py) ----------------------------------------------
     def preflight(self) -> list[Check]:
-        from ..preflight import check_files, check_writable, fail, ok
-
         d = self.data_cfg
         checks = []
         try:
@@ -236,10 +235,6 @@ class LMTask(Task):
         return checks
 
     def _preflight_openwebtext(self):
-        from ..data.corpus import find_openwebtext_files, openwebtext_folder
-        from ..hub import OPENWEBTEXT_HINT, HubAccessError
-        from ..preflight import check_writable, fail, ok
-
         d = self.data_cfg
         opts = openwebtext_options(d)
         name = getattr(getattr(self, "tokenizer", None), "name", d.get("tokenizer", "gpt2"))
@@ -294,9 +289,6 @@ class LMTask(Task):
             return super().meta_model()
         # The checkpoint's own shapes win (build_gpt): read them from its config alone.
         from transformers import AutoConfig
-
-        from ..hub import GPT2_INIT_HINT, hub_access, hub_reachable
-        from ..models.gpt import GPT, GPTConfig
 
         with hub_access("GPT-2 checkpoint (model.init_from)", init_from, GPT2_INIT_HINT):
             hf = AutoConfig.from_pretrained(init_from, local_files_only=not hub_reachable())

@@ -16,7 +16,10 @@ state, so a checkpoint moves between paths:
   built when the optimizer is (``fused_cpu.py``, ``csrc/alphaadam_cpu.cpp``) and a
   ``torch.compile``d per-tensor step for any device (``fused_compile.py``).
 
-Imports run one way: ``alphaadam`` -> this module -> the paths -> ``masking``, ``adam_math``,
+It also states the ``foreach=None`` rule (:func:`use_foreach`) that AlphaLion and AlphaSGD
+follow.
+
+Imports run one way: ``alphaadam`` (and ``alphalion``, ``alphasgd``) -> this module -> the paths -> ``masking``, ``adam_math``,
 ``sharding``. The fused back ends are imported when first chosen, which keeps ``import
 alphaadam`` from importing triton.
 """
@@ -55,6 +58,12 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def use_foreach(foreach: bool | None, params: list[Tensor]) -> bool:
+    """torch's rule for ``foreach=None``: the multi-tensor path for CUDA parameters, the
+    single-tensor one otherwise. AlphaLion and AlphaSGD follow it too."""
+    return all(p.is_cuda for p in params) if foreach is None else foreach
+
+
 def select_step(group: dict[str, Any], params: list[Tensor]) -> StepPath:
     """The step path for a param group's ``params`` (those with gradients).
 
@@ -69,10 +78,9 @@ def select_step(group: dict[str, Any], params: list[Tensor]) -> StepPath:
     """
     fused = group["fused"]
     if fused is None or fused is False:
-        foreach = group["foreach"]
-        if foreach is None:
-            foreach = all(p.is_cuda for p in params)
-        return multi_tensor_alphaadam if foreach else single_tensor_alphaadam
+        if use_foreach(group["foreach"], params):
+            return multi_tensor_alphaadam
+        return single_tensor_alphaadam
     kind = fused
     if fused is True:
         kind = "triton" if all(p.is_cuda for p in params) else "cpu"

@@ -1,14 +1,13 @@
-"""Token caches: each corpus is tokenised once into ``train.bin`` / ``val.bin`` (uint16
-memmaps, as nanoGPT stores OpenWebText) in a cache folder keyed by its inputs."""
+"""OpenWebText as nanoGPT prepares it, into a token cache (``token_cache.py``): finding the
+corpus's files on the Hub or in a local folder, fetching them, checking the document and
+token counts, and writing ``train.bin`` / ``val.bin``."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import math
 import os
-import random
 import re
 import shutil
 import uuid
@@ -18,125 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..hub import OPENWEBTEXT_HINT, hub_access
+from .token_cache import cache_finished, publish_cache
 from .tokenizers import Tokenizer
-
-SPLITS = ("train", "val")
-
-
-def _finished(folder: Path) -> bool:
-    return all((folder / f"{s}.bin").is_file() for s in SPLITS)
-
-
-def _publish(tmp: Path, folder: Path) -> Path:
-    """Move a fully written cache into place in one rename, so a crash never leaves half."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, folder)
-    except OSError:
-        # Another process published the same cache first; theirs is as good as ours.
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not _finished(folder):
-            raise
-    return folder
-
-
-def _write_tokens(ids: np.ndarray, path: Path) -> None:
-    out = np.memmap(path, dtype=np.uint16, mode="w+", shape=(len(ids),))
-    out[:] = ids
-    out.flush()
-    del out
-
-
-def _as_uint16(ids: Sequence[int], vocab_size: int) -> np.ndarray:
-    if vocab_size > 2**16:
-        raise ValueError(f"vocabulary of {vocab_size} tokens does not fit the uint16 cache")
-    return np.asarray(ids, dtype=np.uint16)
-
-
-def split_sizes(n_tokens: int, val_fraction: float) -> tuple[int, int]:
-    """``(train, val)`` token counts of a corpus of ``n_tokens``: the last ``val_fraction``
-    (at least one token) is validation."""
-    n_val = max(1, int(n_tokens * val_fraction))
-    return n_tokens - n_val, n_val
-
-
-def min_corpus_tokens(min_split_tokens: int, val_fraction: float) -> int:
-    """The fewest tokens whose two splits (:func:`split_sizes`) both hold ``min_split_tokens``."""
-    n = max(2 * min_split_tokens, math.ceil(min_split_tokens / val_fraction))
-    while min(split_sizes(n, val_fraction)) < min_split_tokens:
-        n += 1
-    return n
-
-
-def _read_text(path: Path) -> str:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(
-            f"data.path: {path} is not UTF-8 text (byte {err.start}: {err.reason}). Convert "
-            f"it first, e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}"
-        ) from None
-    if not text.strip():
-        raise ValueError(f"data.path: {path} is empty; give a text file with content")
-    return text
-
-
-def text_cache(
-    paths: Sequence[str | os.PathLike],
-    tokenizer: Tokenizer,
-    cache_root: str | os.PathLike,
-    val_fraction: float,
-    min_split_tokens: int = 1,
-) -> Path:
-    """Tokenise local text files (concatenated in order, ``<|endoftext|>`` between files
-    when the tokenizer has one); the last ``val_fraction`` of the tokens is validation.
-
-    Each file must be non-empty UTF-8, and each split must hold ``min_split_tokens``
-    (a language model's ``block_size + 1``); otherwise a ``ValueError`` names the files and
-    the minimum, and nothing is written to the cache."""
-    files = [Path(p).expanduser().resolve() for p in paths]
-    for f in files:
-        if not f.is_file():
-            raise FileNotFoundError(f"data.path: text file {f} does not exist")
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
-    key = json.dumps(
-        {
-            "files": [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files],
-            "tokenizer": tokenizer.name,
-            "val_fraction": val_fraction,
-        }
-    )
-    folder = Path(cache_root).expanduser() / "text" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    if _finished(folder):
-        return folder
-    ids: list[int] = []
-    for f in files:
-        ids.extend(tokenizer.encode(_read_text(f)))
-        if tokenizer.eot_token is not None:
-            ids.append(tokenizer.eot_token)
-    n_train, n_val = split_sizes(len(ids), val_fraction)
-    if min(n_train, n_val) < min_split_tokens:
-        need = min_corpus_tokens(min_split_tokens, val_fraction)
-        raise ValueError(
-            f"data.path: {', '.join(map(str, files))} is too short: {len(ids)} tokens "
-            f"({tokenizer.name} tokenizer) split into {n_train} training and {n_val} "
-            f"validation tokens, and each split needs at least {min_split_tokens} (one "
-            f"window, data.block_size + 1) with data.val_fraction={val_fraction}: at least "
-            f"{need} tokens in all. Use more text or a smaller data.block_size."
-        )
-    tokens = _as_uint16(ids, tokenizer.vocab_size)
-    tmp = folder.parent / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir(parents=True)
-    try:
-        _write_tokens(tokens[:n_train], tmp / "train.bin")
-        _write_tokens(tokens[n_train:], tmp / "val.bin")
-        (tmp / "meta.json").write_text(key + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written cache entry
-        raise
-    return _publish(tmp, folder)
-
 
 OPENWEBTEXT_REPO = "Skylion007/openwebtext"
 # nanoGPT's data/openwebtext/prepare.py on the complete corpus: 8,013,769 documents, of which
@@ -221,8 +104,6 @@ def find_openwebtext_files(
         )
     from huggingface_hub import HfApi
 
-    from ..hub import OPENWEBTEXT_HINT, hub_access
-
     with hub_access("Dataset", hf_dataset, local_hint or OPENWEBTEXT_HINT, repo_type="dataset"):
         info = HfApi().dataset_info(hf_dataset, revision=hf_revision, files_metadata=True)
     sizes = {s.rfilename: s.size for s in info.siblings or []}
@@ -242,8 +123,6 @@ def _fetch(files: CorpusFiles, max_workers: int, local_hint: str) -> list[str]:
     if files.local_dir is not None:
         return [str(files.local_dir / n) for n in files.names]
     from huggingface_hub import snapshot_download
-
-    from ..hub import hub_access
 
     with hub_access("Dataset", files.repo_id, local_hint, repo_type="dataset"):
         folder = snapshot_download(
@@ -352,7 +231,7 @@ def openwebtext_cache(
     folder = openwebtext_folder(
         cache_root, tokenizer.name, hf_dataset, hf_revision, local_dir, val_size, split_seed
     )
-    if _finished(folder):
+    if cache_finished(folder):
         return folder
     if tokenizer.vocab_size > 2**16:
         raise ValueError(
@@ -360,8 +239,6 @@ def openwebtext_cache(
         )
     import datasets
     from tqdm.auto import tqdm
-
-    from ..hub import OPENWEBTEXT_HINT
 
     hint = f"{OPENWEBTEXT_HINT}; or put a prepared train.bin and val.bin into {folder}"
     files = find_openwebtext_files(hf_dataset, hf_revision, local_dir, hint)
@@ -444,33 +321,4 @@ def openwebtext_cache(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _publish(tmp, folder)
-
-
-# ---------------------------------------------------------------------------------------
-# The smoke corpus: generated, deterministic and learnable, so ``python train.py`` needs
-# no download and its loss visibly falls within a minute on a CPU.
-# ---------------------------------------------------------------------------------------
-_NAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
-_VERBS = ["sees", "finds", "likes", "paints", "follows", "greets"]
-_ADJECTIVES = ["red", "small", "quiet", "bright", "old", "green"]
-_NOUNS = ["cat", "boat", "tree", "house", "river", "lamp", "bird"]
-
-
-def smoke_text(n_sentences: int = 20000, seed: int = 0) -> str:
-    """Sentences from a small grammar plus a counting rule: the number that ends each
-    sentence is the count of words before it, so a model must attend back to predict it."""
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(n_sentences):
-        words = [rng.choice(_NAMES), rng.choice(_VERBS), "the"]
-        words += rng.sample(_ADJECTIVES, rng.randint(0, 2)) + [rng.choice(_NOUNS)]
-        lines.append(f"{' '.join(words)} {len(words)}.")
-    return "\n".join(lines) + "\n"
-
-
-def smoke_cache(tokenizer: Tokenizer, val_fraction: float, seed: int = 0) -> dict[str, np.ndarray]:
-    """The smoke corpus as in-memory token arrays (it is regenerated in well under a second)."""
-    tokens = _as_uint16(tokenizer.encode(smoke_text(seed=seed)), tokenizer.vocab_size)
-    n_val = max(1, int(len(tokens) * val_fraction))
-    return {"train": tokens[:-n_val], "val": tokens[-n_val:]}
+    return publish_cache(tmp, folder)
