@@ -260,7 +260,7 @@ def test_a_checkpoint_that_fails_its_check_keeps_the_previous_one_even_with_keep
     run = ["trainer.max_steps=6", "trainer.checkpoint_every=2", "trainer.keep_checkpoints=1", *TINY]
     with pytest.raises(CheckpointError, match=r"step 4 failed its check.*model\.pt: truncated"):
         run_training(run, tmp_path)
-    (run_dir,) = (tmp_path / "smoke" / "adamw").iterdir()
+    (run_dir,) = (tmp_path / "smoke" / "alphaadam").iterdir()
     ckpts = run_dir / "checkpoints"
     assert os.readlink(ckpts / "latest") == "step-00000002"
     assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-00000002"]
@@ -326,7 +326,7 @@ def test_a_failure_in_the_step_0_evaluation_is_recorded_as_failed(tmp_path, monk
     monkeypatch.setattr(LMTask, "evaluate", broken_eval)
     with pytest.raises(_Crash):
         run_training(["trainer.max_steps=2", "trainer.eval_at_start=true", *TINY], tmp_path)
-    (run_dir,) = (tmp_path / "smoke" / "adamw").iterdir()
+    (run_dir,) = (tmp_path / "smoke" / "alphaadam").iterdir()
     s = summary(run_dir)
     assert s["status"] == "failed" and s["error"] == "_Crash: evaluation blew up"
 
@@ -512,7 +512,7 @@ def test_the_nan_stop_names_the_newest_checkpoint_or_says_there_is_none(tmp_path
     monkeypatch.setattr(LMTask, "compute_loss", nan_from_step_5)
     with pytest.raises(NonFiniteLossError) as err:
         run_training(["trainer.max_steps=8", "trainer.checkpoint_every=3", *TINY], tmp_path / "a")
-    (run_dir,) = (tmp_path / "a" / "smoke" / "adamw").iterdir()
+    (run_dir,) = (tmp_path / "a" / "smoke" / "alphaadam").iterdir()
     assert f"The newest checkpoint is {run_dir / 'checkpoints' / 'step-00000003'}" in str(err.value)
 
     calls["n"] = 0
@@ -677,7 +677,7 @@ def test_a_full_disk_while_checkpointing_removes_the_partial_folder_and_records_
     capsys.readouterr()
     assert _main_exit(run, tmp_path) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    (run_dir,) = (tmp_path / "smoke" / "adamw").iterdir()
+    (run_dir,) = (tmp_path / "smoke" / "alphaadam").iterdir()
     ckpts = run_dir / "checkpoints"
     assert not (ckpts / ".tmp-step-00000004").exists()
     assert os.readlink(ckpts / "latest") == "step-00000002"

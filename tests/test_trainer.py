@@ -289,7 +289,7 @@ def test_a_kill_during_checkpoint_write_leaves_latest_intact(tmp_path, monkeypat
     with pytest.raises(_Crash):
         run_training(run, tmp_path / "b")
     monkeypatch.undo()
-    (crashed,) = (tmp_path / "b" / "smoke" / "adamw").iterdir()
+    (crashed,) = (tmp_path / "b" / "smoke" / "alphaadam").iterdir()
     ckpts = crashed / "checkpoints"
     assert (ckpts / ".tmp-step-00000004").is_dir()  # the torn write ...
     assert os.readlink(ckpts / "latest") == "step-00000002"  # ... is not what "latest" means
@@ -348,7 +348,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
         NonFiniteLossError, match=r"non-finite loss nan .* at step 5.*nan_skip_budget=0"
     ):
         run_training(["trainer.max_steps=8", "trainer.checkpoint_every=2", *TINY], tmp_path)
-    (run_dir,) = (tmp_path / "smoke" / "adamw").iterdir()
+    (run_dir,) = (tmp_path / "smoke" / "alphaadam").iterdir()
     s = summary(run_dir)
     assert s["status"] == "failed" and "non-finite loss" in s["error"] and s["steps"] == 4
     assert os.readlink(run_dir / "checkpoints" / "latest") == "step-00000004"
