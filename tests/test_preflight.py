@@ -403,7 +403,8 @@ def test_runs_saved_before_the_preflight_keys_still_resume(tmp_path):
     old = OmegaConf.to_container(cfg, resolve=True)
     for key in ("preflight", "preflight_processes", "preflight_fsdp"):
         del old["trainer"][key]
-    run = tmp_path / "smoke" / "adamw" / "2026-01-01_00-00-00_abcdef"
+    # the run tree is <experiment>/<optimizer>/<stamp>; the optimizer is whatever the default is
+    run = tmp_path / "smoke" / cfg.optimizer.name / "2026-01-01_00-00-00_abcdef"
     (run / "checkpoints" / "step-00000002").mkdir(parents=True)
     (run / "checkpoints" / "latest").symlink_to("step-00000002")
     OmegaConf.save(OmegaConf.create(old), run / rd.CONFIG)
