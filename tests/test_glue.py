@@ -67,6 +67,47 @@ def test_bad_task_and_bad_label_are_named(tmp_path):
         read_glue_tsv(tmp_path / "RTE" / "dev.tsv", glue_spec("rte"))
 
 
+STSB_HEADER = (
+    "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+)
+
+
+@pytest.mark.parametrize(
+    "score, message",
+    [
+        ("high", r"dev.tsv:3: STS-B label 'high' is not a number"),
+        ("7.5", r"dev.tsv:3: STS-B label '7.5' is outside 0 to 5"),
+        ("nan", r"dev.tsv:3: STS-B label 'nan' is outside 0 to 5"),
+    ],
+)
+def test_a_bad_stsb_score_is_named_by_file_and_line(tmp_path, score, message):
+    (tmp_path / "dev.tsv").write_text(
+        STSB_HEADER + f"0\tg\tf\ty\t0\tn\tn\tA.\tB.\t1.0\n1\tg\tf\ty\t1\tn\tn\tC.\tD.\t{score}\n"
+    )
+    with pytest.raises(ValueError, match=message):
+        read_glue_tsv(tmp_path / "dev.tsv", glue_spec("stsb"))
+
+
+def test_a_row_with_too_many_fields_is_refused_by_file_and_line(tmp_path):
+    # a tab inside sentence1 of line 3 shifts sentence2 and the label one field right
+    (tmp_path / "dev.tsv").write_text(
+        "index\tsentence1\tsentence2\tlabel\n0\tA\tB\tentailment\n1\tC\tpart\tD\tentailment\n"
+    )
+    with pytest.raises(ValueError, match=r"dev.tsv:3: 5 tab-separated fields, expected 4 for rte"):
+        read_glue_tsv(tmp_path / "dev.tsv", glue_spec("rte"))
+
+
+def test_short_rows_are_skipped_and_their_lines_named(tmp_path, caplog):
+    (tmp_path / "dev.tsv").write_text(
+        "index\tsentence1\tsentence2\tlabel\n0\tA\tB\tentailment\n1\tC\n"
+        "2\tE\tF\tnot_entailment\n3\tG\tH\n"
+    )
+    with caplog.at_level("WARNING"):
+        rows = read_glue_tsv(tmp_path / "dev.tsv", glue_spec("rte"))
+    assert [r["sentence1"] for r in rows] == ["A", "E"]
+    assert "skipped 2 rows with fewer than 4 fields (lines 3, 5)" in caplog.text
+
+
 def test_primary_metrics_are_the_table1_numbers():
     assert {n: s.primary_metric for n, s in GLUE_TASKS.items()} == {
         "cola": "matthews_correlation",

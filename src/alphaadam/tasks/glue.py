@@ -152,7 +152,7 @@ def read_glue_tsv(path: str | Path, spec: GlueSpec) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"GLUE {spec.name}: missing {path}")
     records: list[dict[str, Any]] = []
-    skipped = 0
+    short_lines: list[int] = []
     # utf-8-sig: the MRPC files start with a byte-order mark before the header.
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -164,19 +164,27 @@ def read_glue_tsv(path: str | Path, spec: GlueSpec) -> list[dict[str, Any]]:
                 raise ValueError(f"{path}: header {header} lacks columns {missing}")
             text_idx = [header.index(c) for c in spec.tsv_text]
             label_idx = header.index(spec.tsv_label)
+            width = len(header)
         else:
             text_idx = list(spec.tsv_text)
             label_idx = spec.tsv_label
-        width = max(*text_idx, label_idx) + 1
+            width = max(*text_idx, label_idx) + 1
         for line_no, row in enumerate(reader, start=2 if spec.tsv_header else 1):
             if len(row) < width:
                 # The public QQP train file has a handful of truncated rows; the GLUE
-                # baselines drop them too. Counted and reported below.
-                skipped += 1
+                # baselines drop them too. Counted and reported below, with their lines.
+                short_lines.append(line_no)
                 continue
+            if len(row) > width:
+                # A tab inside a text field shifts every later column: the row's label and
+                # texts would be read from the wrong fields.
+                raise ValueError(
+                    f"{path}:{line_no}: {len(row)} tab-separated fields, expected {width} "
+                    f"for {spec.name} (a tab inside a text field?)"
+                )
             raw = row[label_idx].strip()
             if spec.is_regression:
-                label: float | int = float(raw)
+                label: float | int = _similarity_score(raw, path, line_no)
             elif raw in spec.label_values:
                 label = spec.label_values.index(raw)
             else:
@@ -186,11 +194,31 @@ def read_glue_tsv(path: str | Path, spec: GlueSpec) -> list[dict[str, Any]]:
             record = {col: row[i] for col, i in zip(spec.text_columns, text_idx)}
             record["label"] = label
             records.append(record)
-    if skipped:
-        log.warning("%s: skipped %d rows with fewer than %d fields", path, skipped, width)
+    if short_lines:
+        shown = ", ".join(map(str, short_lines[:10])) + (", ..." if len(short_lines) > 10 else "")
+        log.warning(
+            "%s: skipped %d rows with fewer than %d fields (lines %s)",
+            path,
+            len(short_lines),
+            width,
+            shown,
+        )
     if not records:
         raise ValueError(f"{path}: no examples")
     return records
+
+
+def _similarity_score(raw: str, path: Path, line_no: int) -> float:
+    """An STS-B label: a similarity score from 0 to 5."""
+    try:
+        score = float(raw)
+    except ValueError:
+        raise ValueError(
+            f"{path}:{line_no}: STS-B label {raw!r} is not a number (scores run from 0 to 5)"
+        ) from None
+    if not 0.0 <= score <= 5.0:  # also NaN
+        raise ValueError(f"{path}:{line_no}: STS-B label {raw!r} is outside 0 to 5")
+    return score
 
 
 def load_glue_split(spec: GlueSpec, split: str, glue_dir: str | None, hf_dataset: str):
