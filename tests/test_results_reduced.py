@@ -281,3 +281,19 @@ def test_rescale_ablation_has_its_own_table_and_never_a_row_of_table1(reduced_gl
     norescale = rows["AlphaAdam, no rescale (ablation)"]
     assert norescale[:3] == ["80.00 ± 1.41", "2 @ 1e-4", "2.00 ± 0.00"]
     assert norescale[3].startswith("-2.00 ± 1.41 (n=2;")
+
+
+def test_a_reduced_table3_control_is_its_own_table_beside_reduced_table3(tmp_path: Path):
+    """A control of reduced Table 3 (the weight-decay one: reduced_table3_wd0) gets its own
+    table, and none of its runs enters reduced Table 3's cells."""
+    evals = {0.2: 2.5, 0.4: 2.4, 0.6: 2.2, 1.0: 2.0}
+    write_run(tmp_path, "t3/a", experiment="reduced_table3", evals=evals)
+    write_run(
+        tmp_path,
+        "wd0/a",
+        experiment="reduced_table3_wd0",
+        evals={f: v + 0.5 for f, v in evals.items()},
+    )
+    tables = {t.name: t for t in build_all(load_runs(tmp_path), load_paper(PAPER))}
+    assert row_after(tables["reduced_table3"], "AdamW (baseline)", "reduced")[6] == "2.000"
+    assert row_after(tables["reduced_table3_wd0"], "AdamW (baseline)", "reduced")[6] == "2.500"
