@@ -88,7 +88,7 @@ def _worker(rank: int, init_file: str, workdir: str, phase: str) -> None:
         from alphaadam import checkpoint as ck
         from alphaadam.models.gpt import build_gpt
         from alphaadam.optim.registry import build_optimizer
-        from alphaadam.trainer import warmup_cosine
+        from alphaadam.trainer import lr_schedule
 
         accelerator = Accelerator(cpu=True)
         assert accelerator.num_processes == WORLD and accelerator.process_index == rank
@@ -109,7 +109,7 @@ def _worker(rank: int, init_file: str, workdir: str, phase: str) -> None:
         fully_shard(model, mesh=mesh)
         assert ck.is_sharded(model)
         optimizer = build_optimizer("alphaadam", model, lr=3e-2, weight_decay=0.1)
-        scheduler = LambdaLR(optimizer, warmup_cosine(2, STEPS, 0.1))
+        scheduler = LambdaLR(optimizer, lr_schedule(2, STEPS, 0.1))
         stream = _Stream(rank)
         step, losses = 0, []
         if resume:

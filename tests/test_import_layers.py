@@ -43,8 +43,8 @@ LAYERS = {
     "alphaadam.cpu_memory": 1,
     "alphaadam.config_keys": 0,  # which config keys may change on resume (no imports)
 }
-# Not yet one way (issue 24): run_record.py names the trainer's Run, Parts, StepResult and
-# TrainState (for type annotations only) until they move out of trainer.py into a leaf
+# Not yet one way (issue 24): run_record.py names the trainer's Run, TrainingSetup, StepResult
+# and TrainState (for type annotations only) until they move out of trainer.py into a leaf
 # module; results/figures.py imports figures_scaling.py (in a function), which imports it
 # back for FigureReport, _save and method_color.
 PENDING = {

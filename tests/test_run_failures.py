@@ -28,15 +28,21 @@ from alphaadam.trainer import TRAINER_KEYS, NonFiniteLossError, RunInterrupted
 from trainer_helpers import (
     CONFIG_DIR,
     REPO,
+    TINY,
+    Crash,
+    comparable_records,
     compose_config,
+    interrupt_forward,
     read_jsonl,
     reset_accelerate,
+    run_config,
     run_training,
+    saved_weights,
+    subprocess_env,
     summary,
     train_records,
 )
 
-TINY = ["trainer.progress_bar=false", "trainer.log_every=1", "data.eval_iters=2"]
 # Checkpoints at steps 2 and 4 (both kept); a crash during step 5 leaves both.
 RUN = [
     "optimizer=alphaadam",
@@ -49,49 +55,18 @@ RUN = [
 ]
 
 
-class _Crash(RuntimeError):
-    pass
-
-
-def _raise_in_step(monkeypatch, step: int, error: BaseException | None = None, action=None):
-    """The training forward of optimizer step ``step`` (one micro-batch per step) raises
-    ``error`` or calls ``action`` first, as a kill or a signal would interrupt it."""
-    original = LMTask.compute_loss
-    calls = {"n": 0}
-
-    def compute_loss(self, model, batch):
-        if model.training:
-            calls["n"] += 1
-            if calls["n"] == step:
-                if action is not None:
-                    action()
-                if error is not None:
-                    raise error
-        return original(self, model, batch)
-
-    monkeypatch.setattr(LMTask, "compute_loss", compute_loss)
-
-
 def _crashed_run(monkeypatch, root: Path, overrides=RUN, step: int = 5) -> Path:
-    _raise_in_step(monkeypatch, step, _Crash("simulated kill"))
-    with pytest.raises(_Crash):
+    interrupt_forward(monkeypatch, step, Crash("simulated kill"))  # one micro-batch a step
+    with pytest.raises(Crash):
         run_training(overrides, root)
     monkeypatch.undo()
     (run_dir,) = (p for p in root.glob("smoke/*/*") if p.is_dir())
     return run_dir
 
 
-def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "latest" / "model.pt")
-
-
 def _same_weights(a: Path, b: Path) -> bool:
-    wa, wb = _weights(a), _weights(b)
+    wa, wb = saved_weights(a), saved_weights(b)
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def _comparable(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in ("time", "tokens_per_s")} for r in records]
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +165,8 @@ def test_allowed_changes_resume_and_give_the_uninterrupted_result(tmp_path, monk
     )
     assert resumed == run_dir and summary(resumed)["status"] == "completed"
     assert _same_weights(resumed, reference)
-    ref = {r["step"]: r for r in _comparable(train_records(reference))}
-    assert all(ref[r["step"]] == r for r in _comparable(train_records(resumed)))
+    ref = {r["step"]: r for r in comparable_records(train_records(reference))}
+    assert all(ref[r["step"]] == r for r in comparable_records(train_records(resumed)))
 
 
 def test_resume_auto_without_run_dir_does_not_rerun_a_completed_run(tmp_path):
@@ -229,7 +204,7 @@ def test_a_damaged_checkpoint_file_is_named_and_the_run_falls_back_to_the_previo
     assert (ckpts / "damaged-step-00000004" / damaged).is_file()  # kept for inspection
     assert summary(resumed)["status"] == "completed"
     assert _same_weights(resumed, reference)
-    assert _comparable(read_jsonl(resumed / "metrics.jsonl")) == _comparable(
+    assert comparable_records(read_jsonl(resumed / "metrics.jsonl")) == comparable_records(
         read_jsonl(reference / "metrics.jsonl")
     )
 
@@ -304,7 +279,7 @@ def test_a_torn_last_metrics_line_is_dropped_with_a_warning(
     with caplog.at_level(logging.WARNING):
         resumed = run_training([*RUN, "trainer.resume=auto"], tmp_path)
     assert "metrics.jsonl: dropped its torn last line" in caplog.text
-    assert _comparable(read_jsonl(resumed / "metrics.jsonl")) == _comparable(
+    assert comparable_records(read_jsonl(resumed / "metrics.jsonl")) == comparable_records(
         read_jsonl(reference / "metrics.jsonl")
     )
 
@@ -321,14 +296,14 @@ def test_a_damaged_line_before_the_last_is_a_named_error(tmp_path, monkeypatch):
 # ========================================================= 3. every exit has a status
 def test_a_failure_in_the_step_0_evaluation_is_recorded_as_failed(tmp_path, monkeypatch):
     def broken_eval(self, model, accelerator):
-        raise _Crash("evaluation blew up")
+        raise Crash("evaluation blew up")
 
     monkeypatch.setattr(LMTask, "evaluate", broken_eval)
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         run_training(["trainer.max_steps=2", "trainer.eval_at_start=true", *TINY], tmp_path)
     (run_dir,) = (tmp_path / "smoke" / "alphaadam").iterdir()
     s = summary(run_dir)
-    assert s["status"] == "failed" and s["error"] == "_Crash: evaluation blew up"
+    assert s["status"] == "failed" and s["error"] == "Crash: evaluation blew up"
 
 
 def test_a_failure_while_restoring_a_checkpoint_is_recorded_as_failed(tmp_path, monkeypatch):
@@ -371,7 +346,7 @@ def test_a_signal_writes_interrupted_and_the_run_resumes(
 
 def _interrupt_and_resume(tmp_path, monkeypatch, reference, send, expected_error):
     handler_before = signal.getsignal(signal.SIGTERM)
-    _raise_in_step(monkeypatch, 5, action=send)
+    interrupt_forward(monkeypatch, 5, action=send)
     with pytest.raises((RunInterrupted, KeyboardInterrupt)):
         run_training(RUN, tmp_path)
     monkeypatch.undo()
@@ -392,7 +367,7 @@ def test_under_another_sigterm_handler_it_runs_and_the_run_stops_between_steps(
     seen = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
     try:
-        _raise_in_step(monkeypatch, 3, action=lambda: os.kill(os.getpid(), signal.SIGTERM))
+        interrupt_forward(monkeypatch, 3, action=lambda: os.kill(os.getpid(), signal.SIGTERM))
         with pytest.raises(RunInterrupted):
             run_training(RUN, tmp_path)
         assert seen == [signal.SIGTERM]  # the other handler ran
@@ -408,16 +383,12 @@ def test_under_another_sigterm_handler_it_runs_and_the_run_stops_between_steps(
 
 def test_submitits_exit_after_a_requeue_is_interrupted_not_failed(tmp_path, monkeypatch):
     # submitit's preemption handler requeues the job, then calls sys.exit(-1).
-    _raise_in_step(monkeypatch, 3, SystemExit(-1))
+    interrupt_forward(monkeypatch, 3, SystemExit(-1))
     with pytest.raises(SystemExit):
         run_training(RUN, tmp_path)
     (run_dir,) = (tmp_path / "smoke" / "alphaadam").iterdir()
     assert summary(run_dir)["status"] == "interrupted"
     assert summary(run_dir)["error"] == "SystemExit(-1)"
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -436,7 +407,7 @@ def test_a_signal_to_train_py_exits_128_plus_it_with_one_line_and_status_interru
             "trainer.eval_at_start=false",
         ],
         cwd=tmp_path,
-        env=_env(),
+        env=subprocess_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -542,9 +513,7 @@ def _main_exit(overrides: list[str], output_root: Path) -> int:
     from alphaadam.trainer import main
 
     reset_accelerate()
-    cfg = compose_config(
-        [f"trainer.output_root={output_root}", "trainer.progress_bar=false", *overrides]
-    )
+    cfg = run_config(overrides, output_root)
     try:
         main(cfg)
     except SystemExit as exit_:
@@ -629,7 +598,7 @@ def test_a_second_process_on_a_run_dir_fails_at_once_naming_the_holder_and_sigki
             "trainer.eval_at_start=false",
         ],
         cwd=tmp_path,
-        env=_env(),
+        env=subprocess_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

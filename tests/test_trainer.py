@@ -14,26 +14,26 @@ import torch
 from alphaadam import checkpoint as ckpt_mod
 from alphaadam.run_dir import RunDirError
 from alphaadam.tasks.lm import LMTask
-from alphaadam.trainer import NonFiniteLossError, TrainState, warmup_cosine
+from alphaadam.trainer import NonFiniteLossError, TrainState, lr_schedule
 from trainer_helpers import (
     REPO,
+    TINY,
+    Crash,
+    comparable_records,
     eval_records,
+    interrupt_forward,
     read_jsonl,
     run_training,
+    saved_weights,
+    subprocess_env,
     summary,
     train_records,
 )
 
-TINY = ["trainer.progress_bar=false", "trainer.log_every=1", "data.eval_iters=2"]
-
-
-def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-
 
 # ----------------------------------------------------------------------------- schedule
-def test_warmup_cosine_matches_nanogpt_get_lr():
-    f = warmup_cosine(warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
+def test_lr_schedule_matches_nanogpt_get_lr():
+    f = lr_schedule(warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
     # nanoGPT: lr * (it + 1) / (warmup + 1) during warm-up, then cosine to min_lr.
     assert f(0) == pytest.approx(1 / 11)
     assert f(9) == pytest.approx(10 / 11)
@@ -41,10 +41,10 @@ def test_warmup_cosine_matches_nanogpt_get_lr():
     assert f(60) == pytest.approx(0.1 + 0.5 * 0.9)  # half-way: cos(pi/2) = 0
     assert f(110) == pytest.approx(0.1)
     assert f(500) == pytest.approx(0.1)
-    assert warmup_cosine(0, 100, 0.0, "linear")(25) == pytest.approx(0.75)
-    assert warmup_cosine(5, 100, 0.0, "constant")(50) == 1.0
+    assert lr_schedule(0, 100, 0.0, "linear")(25) == pytest.approx(0.75)
+    assert lr_schedule(5, 100, 0.0, "constant")(50) == 1.0
     with pytest.raises(ValueError, match="cosine, linear, constant"):
-        warmup_cosine(0, 10, 0.1, "step")
+        lr_schedule(0, 10, 0.1, "step")
 
 
 # ------------------------------------------------------------------------ smoke default
@@ -55,7 +55,7 @@ def test_python_train_py_is_a_fast_cpu_smoke_run_whose_loss_drops(tmp_path):
     out = subprocess.run(
         [sys.executable, str(REPO / "train.py")],
         cwd=tmp_path,
-        env={**_env(), "HF_HUB_OFFLINE": "1"},
+        env={**subprocess_env(), "HF_HUB_OFFLINE": "1"},
         capture_output=True,
         text=True,
         timeout=300,
@@ -202,38 +202,12 @@ RESUME_RUN = [
 ]
 
 
-class _Crash(RuntimeError):
-    pass
-
-
-def _crash_after(monkeypatch, n_train_calls: int):
-    """Make the n-th training forward raise, as a kill would stop the process."""
-    original = LMTask.compute_loss
-    calls = {"n": 0}
-
-    def compute_loss(self, model, batch):
-        if model.training:
-            calls["n"] += 1
-            if calls["n"] == n_train_calls:
-                raise _Crash("simulated kill")
-        return original(self, model, batch)
-
-    monkeypatch.setattr(LMTask, "compute_loss", compute_loss)
-
-
-def _comparable(records):
-    return [{k: v for k, v in r.items() if k not in ("time", "tokens_per_s")} for r in records]
-
-
-def _model_state(run_dir):
-    return torch.load(run_dir / "checkpoints" / "latest" / "model.pt")
-
-
 def test_resume_auto_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch):
     reference = run_training(RESUME_RUN, tmp_path / "a")
 
-    _crash_after(monkeypatch, n_train_calls=2 * 7 + 1)  # during step 8; last checkpoint: step 6
-    with pytest.raises(_Crash):
+    # during step 8 (two micro-batches a step); the last checkpoint: step 6
+    interrupt_forward(monkeypatch, 2 * 7 + 1, Crash("simulated kill"))
+    with pytest.raises(Crash):
         run_training(RESUME_RUN, tmp_path / "b")
     (crashed,) = (tmp_path / "b" / "smoke" / "alphaadam").iterdir()
     assert summary(crashed)["status"] == "failed"
@@ -245,9 +219,9 @@ def test_resume_auto_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, monk
     assert summary(resumed)["status"] == "completed"
     ref_records = read_jsonl(reference / "metrics.jsonl")
     new_records = read_jsonl(resumed / "metrics.jsonl")
-    assert _comparable(new_records) == _comparable(ref_records)  # exact floats
+    assert comparable_records(new_records) == comparable_records(ref_records)  # exact floats
     assert read_jsonl(resumed / "mask_stats.jsonl") == read_jsonl(reference / "mask_stats.jsonl")
-    a, b = _model_state(reference), _model_state(resumed)
+    a, b = saved_weights(reference), saved_weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert summary(resumed)["tokens"] == summary(reference)["tokens"]
 
@@ -282,11 +256,11 @@ def test_a_kill_during_checkpoint_write_leaves_latest_intact(tmp_path, monkeypat
         path = Path(f)
         if path.parent.name == ".tmp-step-00000004" and path.name == "optimizer.pt":
             path.write_bytes(b"half a file")
-            raise _Crash("killed while writing optimizer.pt")
+            raise Crash("killed while writing optimizer.pt")
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(ckpt_mod.torch, "save", dying_save)
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         run_training(run, tmp_path / "b")
     monkeypatch.undo()
     (crashed,) = (tmp_path / "b" / "smoke" / "alphaadam").iterdir()
@@ -301,7 +275,7 @@ def test_a_kill_during_checkpoint_write_leaves_latest_intact(tmp_path, monkeypat
     assert not (ckpts / ".tmp-step-00000004").exists()
     assert os.readlink(ckpts / "latest") == "step-00000004"
     assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-00000004"]  # keep_checkpoints=1
-    a, b = _model_state(reference), _model_state(resumed)
+    a, b = saved_weights(reference), saved_weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -468,7 +442,7 @@ def test_multirun_gives_each_job_its_own_run_directory(tmp_path):
             "trainer.eval_at_start=false",
         ],
         cwd=tmp_path,
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -511,7 +485,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
             f"trainer.output_root={tmp_path / 'two'}",
         ],
         cwd=tmp_path,
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -530,7 +504,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
     for a, b in zip(eval_records(single), eval_records(double)):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
-    wa, wb = _model_state(single), _model_state(double)
+    wa, wb = saved_weights(single), saved_weights(double)
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6)
 
@@ -545,5 +519,5 @@ def test_bf16_autocast_runs_and_changes_the_arithmetic(tmp_path):
     for a, b in zip(fp32, bf16):
         assert b["loss"] == pytest.approx(a["loss"], rel=2e-2)
     assert [a["loss"] for a in fp32] != [b["loss"] for b in bf16]
-    weights = _model_state(bf16_dir)
+    weights = saved_weights(bf16_dir)
     assert all(w.dtype == torch.float32 for w in weights.values())  # fp32 master weights

@@ -1,6 +1,7 @@
 """Compose the project's Hydra config and run the shared trainer in-process (tests only); the
-home of the tests' tiny-run overrides (:data:`TINY`), subprocess environment and accelerate
-reset."""
+home of the tests' tiny-run overrides (:data:`TINY`), subprocess environment, accelerate
+reset, simulated kills (:class:`Crash`, :func:`interrupt_forward`) and what two runs are
+compared by (:func:`comparable_records`, :func:`saved_weights`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hydra import compose, initialize_config_dir
+
+if TYPE_CHECKING:
+    import pytest
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
@@ -42,14 +48,60 @@ def reset_accelerate() -> None:
         state.AcceleratorState._reset_state(reset_partial_state=True)
 
 
+def run_config(overrides: list[str], output_root: Path):
+    """The config of a run under ``output_root``, without a progress bar."""
+    return compose_config(
+        [f"trainer.output_root={output_root}", "trainer.progress_bar=false", *overrides]
+    )
+
+
 def run_training(overrides: list[str], output_root: Path) -> Path:
     from alphaadam.trainer import train
 
     reset_accelerate()
-    cfg = compose_config(
-        [f"trainer.output_root={output_root}", "trainer.progress_bar=false", *overrides]
-    )
-    return train(cfg)
+    return train(run_config(overrides, output_root))
+
+
+class Crash(RuntimeError):
+    """A simulated kill: an error that nothing in the trainer expects."""
+
+
+def interrupt_forward(
+    monkeypatch: pytest.MonkeyPatch,
+    n: int,
+    error: BaseException | None = None,
+    action=None,
+) -> None:
+    """The ``n``-th training forward (one per micro-batch; evaluation's are not counted)
+    calls ``action`` and then raises ``error``, as a kill or a signal would interrupt it."""
+    from alphaadam.tasks.lm import LMTask
+
+    original = LMTask.compute_loss
+    calls = {"n": 0}
+
+    def compute_loss(self, model, batch):
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == n:
+                if action is not None:
+                    action()
+                if error is not None:
+                    raise error
+        return original(self, model, batch)
+
+    monkeypatch.setattr(LMTask, "compute_loss", compute_loss)
+
+
+def comparable_records(records: list[dict]) -> list[dict]:
+    """The records without their wall-clock fields, which no two runs share."""
+    return [{k: v for k, v in r.items() if k not in ("time", "tokens_per_s")} for r in records]
+
+
+def saved_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The model weights of the run's latest checkpoint."""
+    import torch
+
+    return torch.load(run_dir / "checkpoints" / "latest" / "model.pt")
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -119,7 +119,7 @@ class Report:
 # ---------------------------------------------------------------------------------------
 def _check_config(cfg: DictConfig, processes: int) -> Check:
     from .optim.registry import available_optimizers
-    from .trainer import eval_steps, warmup_cosine
+    from .trainer import eval_steps, lr_schedule
 
     tc = cfg.trainer
     problems: list[str] = []
@@ -151,7 +151,7 @@ def _check_config(cfg: DictConfig, processes: int) -> Check:
         problems.append(f"trainer.resume={resume!r}: no such run directory (false | auto | <dir>)")
     try:
         steps = int(tc.max_steps) if isinstance(tc.get("max_steps"), int) else 1
-        warmup_cosine(tc.warmup_steps or 0, steps, tc.min_lr_ratio, tc.lr_schedule)
+        lr_schedule(tc.warmup_steps or 0, steps, tc.min_lr_ratio, tc.lr_schedule)
         eval_steps(tc, max(steps, 1), None)
     except (ValueError, TypeError) as exc:
         problems.append(str(exc))

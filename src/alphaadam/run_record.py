@@ -27,7 +27,7 @@ from .checkpoint import latest_checkpoint
 from .tasks.base import task_name
 
 if TYPE_CHECKING:
-    from .trainer import Parts, Run, StepResult, TrainState
+    from .trainer import Run, StepResult, TrainingSetup, TrainState
 
 # Status lines; only the main process writes them (each call site checks).
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class RunRecord:
     def __init__(self, run: Run, cfg: DictConfig) -> None:
         self.run, self.cfg, self.tc = run, cfg, cfg.trainer
         self.main = run.is_main
-        self.parts: Parts | None = None
+        self.parts: TrainingSetup | None = None
         self.state: TrainState | None = None
         self.header: dict[str, Any] | None = None
         self.metrics: rd.MetricsLog | None = None
@@ -196,7 +196,7 @@ class RunRecord:
         self._exits.enter_context(self._sigterm)
         return self
 
-    def start(self, parts: Parts, state: TrainState) -> None:
+    def start(self, parts: TrainingSetup, state: TrainState) -> None:
         """Create the run's files, write ``running``, start the clock and the progress."""
         run, cfg, tc = self.run, self.cfg, self.tc
         self.parts, self.state = parts, state

@@ -11,8 +11,9 @@ follows, in the order it calls it:
 
 * :func:`check_trainer_config` and :func:`open_run` -> :class:`Run`: the settings are
   checked, the accelerator started, the run directory chosen (nothing is written yet);
-* :func:`build_parts` -> :class:`Parts` and :class:`TrainState`: task, model, optimizer,
-  schedule and data stream, restored from the newest complete checkpoint on resume;
+* :func:`build_training_setup` -> :class:`TrainingSetup` and :class:`TrainState`: task,
+  model, optimizer, schedule and data stream, restored from the newest complete checkpoint
+  on resume;
 * :class:`~alphaadam.run_record.RunRecord` (its own module): the run directory's files
   and the progress output; as a context manager it writes the final status once, on every
   way out (``completed``, ``failed``, ``interrupted``);
@@ -124,7 +125,7 @@ def _train(cfg: DictConfig, run: Run) -> Path:
     tc, accelerator = cfg.trainer, run.accelerator
     fp16 = tc.mixed_precision == "fp16"
     with RunRecord(run, cfg) as record:  # writes the final status on every way out
-        parts, state = build_parts(cfg, run)  # task, model, optimizer, schedule, data
+        parts, state = build_training_setup(cfg, run)  # task, model, optimizer, schedule, data
         record.start(parts, state)  # config.yaml, summary.json "running", progress
         parts.model.train()
         if state.step == 0 and 0 in parts.eval_steps:
@@ -298,12 +299,12 @@ def open_run(cfg: DictConfig) -> Run:
         return path, mode
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    path, mode = decided_on_main(accelerator, decide)
+    path, mode = main_process_decides(accelerator, decide)
     config["trainer"]["run_dir"] = str(path)
     return Run(accelerator, path, mode, config, held[0] if held else None)
 
 
-def decided_on_main(accelerator: Accelerator, decide: Callable[[], T]) -> T:
+def main_process_decides(accelerator: Accelerator, decide: Callable[[], T]) -> T:
     """``decide()`` run on the main process; its result, or its error, on every process."""
     outcome: list[Any] = [None]
     if accelerator.is_main_process:
@@ -318,10 +319,10 @@ def decided_on_main(accelerator: Accelerator, decide: Callable[[], T]) -> T:
     return value
 
 
-# ----------------------------------------------------------------------------- parts
+# -------------------------------------------------------------------- training setup
 @dataclass
-class Parts:
-    """What the loop trains with (:func:`build_parts`)."""
+class TrainingSetup:
+    """What the loop trains with (:func:`build_training_setup`)."""
 
     task: Task
     model: nn.Module  # as accelerate prepared it (DDP / FSDP wrapped)
@@ -358,7 +359,7 @@ def build_task(cfg: DictConfig) -> Task:
     return task
 
 
-def build_parts(cfg: DictConfig, run: Run) -> tuple[Parts, TrainState]:
+def build_training_setup(cfg: DictConfig, run: Run) -> tuple[TrainingSetup, TrainState]:
     """Task, model, optimizer, schedule and data stream; on resume, restored from the
     newest complete checkpoint (model weights before device placement and sharding, the
     rest after ``accelerator.prepare``). Returns them with the run's :class:`TrainState`."""
@@ -391,9 +392,7 @@ def build_parts(cfg: DictConfig, run: Run) -> tuple[Parts, TrainState]:
         if tc.warmup_steps is not None
         else round((tc.warmup_ratio or 0.0) * max_steps)
     )
-    scheduler = LambdaLR(
-        optimizer, warmup_cosine(warmup, max_steps, tc.min_lr_ratio, tc.lr_schedule)
-    )
+    scheduler = LambdaLR(optimizer, lr_schedule(warmup, max_steps, tc.min_lr_ratio, tc.lr_schedule))
     if tc.compile:
         model.compile()  # in place: state_dict keys stay those of the plain model
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -407,7 +406,7 @@ def build_parts(cfg: DictConfig, run: Run) -> tuple[Parts, TrainState]:
         stream.load_state_dict(ckpt["data"])
         set_rng_state(ckpt["rng"])
         state = TrainState.from_state_dict(ckpt["trainer_state"])
-    parts = Parts(
+    parts = TrainingSetup(
         task=task,
         model=model,
         raw_model=accelerator.unwrap_model(model),
@@ -429,7 +428,7 @@ def resume_checkpoint(run: Run) -> Path:
     """The run's newest complete checkpoint; newer damaged ones are named and set aside."""
     ckpt_root = run.dir / rd.CHECKPOINTS
     world = run.accelerator.num_processes
-    checkpoint, damaged = decided_on_main(
+    checkpoint, damaged = main_process_decides(
         run.accelerator, lambda: find_resume_checkpoint(ckpt_root, world)
     )
     for line in damaged if run.is_main else []:
@@ -448,7 +447,7 @@ def total_steps(tc: DictConfig, steps_per_epoch: int | None, task: Task) -> int:
     return math.ceil(tc.max_epochs * steps_per_epoch)
 
 
-def warmup_cosine(warmup_steps: int, max_steps: int, min_lr_ratio: float, schedule: str = "cosine"):
+def lr_schedule(warmup_steps: int, max_steps: int, min_lr_ratio: float, schedule: str = "cosine"):
     """nanoGPT's ``get_lr`` as a multiplier of the base lr: linear warm-up over
     ``warmup_steps``, then cosine decay to ``min_lr_ratio`` at ``max_steps``
     (``schedule="constant"`` keeps 1 after the warm-up, ``"linear"`` decays linearly)."""
@@ -569,7 +568,9 @@ class StepResult:
     finite: bool
 
 
-def accumulate_gradients(parts: Parts, accelerator: Accelerator) -> tuple[torch.Tensor, int]:
+def accumulate_gradients(
+    parts: TrainingSetup, accelerator: Accelerator
+) -> tuple[torch.Tensor, int]:
     """Forward and backward over this process's micro-batches of one step. Returns the
     summed loss (on the device) and the tokens seen."""
     loss_sum = torch.zeros((), device=accelerator.device)
@@ -618,7 +619,7 @@ def gather_step(
     return StepResult(loss=loss, grad_norm=norm, tokens=int(total_tokens), lr=lr, finite=finite)
 
 
-def apply_update(parts: Parts, accelerator: Accelerator) -> None:
+def apply_update(parts: TrainingSetup, accelerator: Accelerator) -> None:
     parts.optimizer.step()
     # fp16: a step GradScaler skipped (inf/NaN gradients) leaves the lr schedule where it
     # was, as accelerate's own prepared schedulers do.
@@ -627,7 +628,7 @@ def apply_update(parts: Parts, accelerator: Accelerator) -> None:
     parts.optimizer.zero_grad(set_to_none=True)
 
 
-def evaluate(parts: Parts, accelerator: Accelerator) -> dict[str, float]:
+def evaluate(parts: TrainingSetup, accelerator: Accelerator) -> dict[str, float]:
     """The task's metrics, in eval mode, without gradients, under autocast."""
     parts.model.eval()
     with torch.no_grad(), accelerator.autocast():
@@ -637,7 +638,7 @@ def evaluate(parts: Parts, accelerator: Accelerator) -> dict[str, float]:
 
 
 def evaluate_and_record(
-    parts: Parts, state: TrainState, record: RunRecord, accelerator: Accelerator
+    parts: TrainingSetup, state: TrainState, record: RunRecord, accelerator: Accelerator
 ) -> None:
     results = evaluate(parts, accelerator)
     record.log_eval(state, results)
@@ -650,7 +651,7 @@ def checkpoint_due(tc: DictConfig, step: int, max_steps: int) -> bool:
     )
 
 
-def save_run_checkpoint(run: Run, parts: Parts, state: TrainState, keep: int) -> Path:
+def save_run_checkpoint(run: Run, parts: TrainingSetup, state: TrainState, keep: int) -> Path:
     return save_checkpoint(
         run.dir / rd.CHECKPOINTS,
         state.step,
