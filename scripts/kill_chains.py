@@ -156,14 +156,21 @@ def segment(
 def left_behind(run_dir: Path) -> str:
     """What a kill left: where ``latest`` points, the checkpoint folders, the last step
     logged (so the report shows which window each kill hit)."""
+    if not (run_dir / "summary.json").is_file():
+        return "no run record yet"
     ckpts = run_dir / "checkpoints"
     latest = os.readlink(ckpts / "latest") if (ckpts / "latest").is_symlink() else "none"
     folders = sorted(p.name.replace("step-0000", "") for p in ckpts.glob("*step-*"))
     metrics = run_dir / "metrics.jsonl"
-    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if x.strip()]
+    last, torn = 0, False
+    for line in metrics.read_text().splitlines() if metrics.is_file() else []:
+        try:
+            last, torn = max(last, json.loads(line)["step"]), False
+        except (ValueError, KeyError):  # a line the kill tore (the resume drops it)
+            torn = True
     return (
         f"latest {latest.replace('step-0000', '')}, folders [{' '.join(folders)}], "
-        f"logged to step {max(steps, default=0)}"
+        f"logged to step {last}{', torn last line' if torn else ''}"
     )
 
 
