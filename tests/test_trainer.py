@@ -1,24 +1,33 @@
-"""The shared trainer: schedule, run directory files, resume, checkpoints, failures."""
+"""The shared training loop (``alphaadam.trainer``): the lr schedule, the default smoke
+run, bit-for-bit resume and the trainer_state.json format, the NaN stop and skip budget, a
+step the grad scaler skipped, the settings refused before anything is written (trainer
+keys and values, an output root that cannot be written, a missing data file, an unknown
+optimizer), the global batch, epochs, a failure in the step-0 evaluation, DDP and bf16.
+The run directory, the run's record and the checkpoints have their own test files
+(test_run_dir.py, test_run_record.py, test_checkpoint.py)."""
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from alphaadam import checkpoint as ckpt_mod
-from alphaadam.run_dir import RunDirError
 from alphaadam.tasks.lm import LMTask
-from alphaadam.trainer import NonFiniteLossError, TrainState, lr_schedule
+from alphaadam.trainer import TRAINER_KEYS, NonFiniteLossError, TrainState, lr_schedule
 from trainer_helpers import (
+    CONFIG_DIR,
     REPO,
     TINY,
     Crash,
+    _main_exit,
     comparable_records,
     eval_records,
     interrupt_forward,
@@ -76,118 +85,7 @@ def test_python_train_py_is_a_fast_cpu_smoke_run_whose_loss_drops(tmp_path):
     assert [e["val_loss"] for e in evals] == sorted((e["val_loss"] for e in evals), reverse=True)
 
 
-# ------------------------------------------------------------------- run dir contents
-def test_metrics_mask_stats_and_summary_follow_run_dir_md(tmp_path):
-    run_dir = run_training(
-        [
-            "optimizer=alphaadam",
-            "trainer.max_steps=6",
-            "trainer.eval_every=3",
-            "trainer.mask_stats_every=3",
-            "trainer.eval_at_start=false",
-            *TINY,
-        ],
-        tmp_path,
-    )
-    assert run_dir.parent == tmp_path / "smoke" / "alphaadam"
-    assert (run_dir / "config.yaml").is_file()
-    train = train_records(run_dir)
-    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
-    keys = {
-        "kind",
-        "step",
-        "epoch",
-        "loss",
-        "lr",
-        "tokens",
-        "time",
-        "grad_norm",
-        "tokens_per_s",
-        "alpha_mean",
-        "alpha_min",
-        "alpha_max",
-        "mask_density_mean",
-        "step_scale_mean",
-        "step_scale_std",
-        "step_scale_min",
-        "step_scale_max",
-    }
-    assert all(set(r) == keys for r in train)
-    # 16 windows of 64 tokens per step
-    assert [r["tokens"] for r in train] == [1024 * s for s in range(1, 7)]
-    assert all(1.0 <= r["alpha_min"] <= r["alpha_mean"] <= r["alpha_max"] <= 2.0 for r in train)
-    assert all(0.0 <= r["mask_density_mean"] <= 1.0 for r in train)
-    evals = eval_records(run_dir)
-    assert [(e["step"], e["fraction"]) for e in evals] == [(3, 0.5), (6, 1.0)]
-    assert all({"kind", "step", "epoch", "fraction", "val_loss"} <= set(e) for e in evals)
-
-    stats = read_jsonl(run_dir / "mask_stats.jsonl")
-    # one record per trainable tensor, by name (2 blocks x 6 + wte, wpe, ln_f; lm_head is tied)
-    names = [n for n, _ in _tiny_model().named_parameters()]
-    assert len(names) == 15
-    assert sorted(r["param"] for r in stats if r["step"] == 3) == sorted(names)
-    assert {r["step"] for r in stats} == {3, 6}
-    keys = {"step", "param", "alpha", "mask_density", "grad_density", "step_scale"}
-    assert all(set(r) == keys for r in stats)
-    # A dense tiny GPT: every gradient element is nonzero after the first step.
-    assert all(r["grad_density"] == 1.0 for r in stats if r["param"] != "transformer.wpe.weight")
-    params = dict(_tiny_model().named_parameters())
-    for r in stats:  # Algorithm 1's multiplier of lr: alpha * d / (||phi||_0 + 1)
-        d = params[r["param"]].numel()
-        expected = r["alpha"] * d / (round(r["mask_density"] * d) + 1)
-        assert r["step_scale"] == pytest.approx(expected, rel=1e-6)
-    # Step 1's asynchronous mask is empty (m_0 = 0): nothing moved, the multiplier is 0.
-    assert train[0]["step_scale_max"] == 0.0
-    assert all(
-        r["step_scale_min"] - 1e-9 <= r["step_scale_mean"] <= r["step_scale_max"] + 1e-9
-        for r in train
-    )
-
-    s = summary(run_dir)
-    assert s["status"] == "completed"
-    for key, value in {
-        "experiment": "smoke",
-        "task": "lm",
-        "dataset": "smoke",
-        "optimizer": "alphaadam",
-        "lr": 3e-3,
-        "seed": 1337,
-        "max_steps": 6,
-        "steps": 6,
-        "tokens": 6144,
-        "primary_metric": "val_loss",
-        "primary_mode": "min",
-        "device": "cpu",
-        "num_processes": 1,
-        "torch_version": torch.__version__,
-    }.items():
-        assert s[key] == value, key
-    assert s["final"]["val_loss"] == evals[-1]["val_loss"]
-    assert s["final"]["train_loss"] == train[-1]["loss"]
-    best = min(evals, key=lambda e: e["val_loss"])
-    assert s["best"] == {"step": best["step"], "val_loss": best["val_loss"]}
-    assert s["wall_time_s"] > 0 and "git_sha" in s
-    # The run's mean effective multiplier: the mean of the logged per-step means.
-    logged = [r["step_scale_mean"] for r in train]
-    assert s["step_scale_mean"] == pytest.approx(sum(logged) / len(logged))
-
-
-def _tiny_model():
-    from alphaadam.models.gpt import build_gpt
-
-    return build_gpt(block_size=64, vocab_size=256, n_layer=2, n_head=2, n_embd=64)
-
-
-def test_optimizer_without_mask_statistics_logs_no_alpha(tmp_path):
-    run_dir = run_training(
-        ["optimizer=adamw", "trainer.max_steps=2", "trainer.mask_stats_every=1", *TINY], tmp_path
-    )
-    assert all("alpha_mean" not in r for r in train_records(run_dir))
-    assert not (run_dir / "mask_stats.jsonl").exists()
-    assert summary(run_dir)["step_scale_mean"] is None
-
-
-# ------------------------------------------------------------------------------ resume
+# ------------------------------------------------------------------------------- resume
 RESUME_RUN = [
     "optimizer=alphaadam",
     "model.dropout=0.1",  # the torch RNG matters too
@@ -246,61 +144,7 @@ def test_train_state_keeps_the_trainer_state_json_format_of_earlier_checkpoints(
     assert TrainState.from_state_dict(plain).step_scale_mean is None
 
 
-def test_a_kill_during_checkpoint_write_leaves_latest_intact(tmp_path, monkeypatch):
-    run = ["trainer.max_steps=4", "trainer.checkpoint_every=2", "trainer.eval_every=0", *TINY]
-    reference = run_training(run, tmp_path / "a")
-
-    real_save = torch.save
-
-    def dying_save(obj, f, *args, **kwargs):
-        path = Path(f)
-        if path.parent.name == ".tmp-step-00000004" and path.name == "optimizer.pt":
-            path.write_bytes(b"half a file")
-            raise Crash("killed while writing optimizer.pt")
-        return real_save(obj, f, *args, **kwargs)
-
-    monkeypatch.setattr(ckpt_mod.torch, "save", dying_save)
-    with pytest.raises(Crash):
-        run_training(run, tmp_path / "b")
-    monkeypatch.undo()
-    (crashed,) = (tmp_path / "b" / "smoke" / "alphaadam").iterdir()
-    ckpts = crashed / "checkpoints"
-    assert (ckpts / ".tmp-step-00000004").is_dir()  # the torn write ...
-    assert os.readlink(ckpts / "latest") == "step-00000002"  # ... is not what "latest" means
-    state = ckpt_mod.load_checkpoint(ckpt_mod.latest_checkpoint(ckpts), rank=0)
-    assert state["trainer_state"]["step"] == 2
-
-    resumed = run_training([*run, "trainer.resume=auto"], tmp_path / "b")
-    assert resumed == crashed
-    assert not (ckpts / ".tmp-step-00000004").exists()
-    assert os.readlink(ckpts / "latest") == "step-00000004"
-    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-00000004"]  # keep_checkpoints=1
-    a, b = saved_weights(reference), saved_weights(resumed)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_a_run_directory_is_never_overwritten(tmp_path):
-    run_dir = tmp_path / "mine"
-    run = ["trainer.max_steps=2", f"trainer.run_dir={run_dir}", *TINY]
-    assert run_training(run, tmp_path) == run_dir
-    before = (run_dir / "metrics.jsonl").read_text()
-    with pytest.raises(RunDirError, match="already holds a run"):
-        run_training(run, tmp_path)
-    # resume=auto on a completed run does nothing
-    assert run_training([*run, "trainer.resume=auto"], tmp_path) == run_dir
-    assert (run_dir / "metrics.jsonl").read_text() == before
-    # and two runs of one config get two directories
-    first = run_training(["trainer.max_steps=1", *TINY], tmp_path / "x")
-    second = run_training(["trainer.max_steps=1", *TINY], tmp_path / "x")
-    assert first != second and first.parent == second.parent
-
-
-def test_resume_from_a_path_without_checkpoint_is_an_error(tmp_path):
-    with pytest.raises(RunDirError, match="no checkpoints/latest"):
-        run_training([f"trainer.resume={tmp_path / 'nothing'}", *TINY], tmp_path)
-
-
-# ------------------------------------------------------------------------- NaN / inf
+# ---------------------------------------------------------------------------- NaN / inf
 def _nan_from(monkeypatch, first_bad_call: int, last_bad_call: int | None = None):
     original = LMTask.compute_loss
     calls = {"n": 0}
@@ -357,7 +201,65 @@ def test_a_step_the_grad_scaler_skipped_does_not_advance_the_lr_schedule(tmp_pat
     assert skipped == [normal[0], normal[1], normal[1], normal[1], normal[2]]
 
 
-# ------------------------------------------------------------------------- bad input
+# ----------------------------------- bad settings and input, before anything is written
+def test_trainer_keys_are_those_configs_trainer_default_yaml_documents():
+    documented = yaml.safe_load((CONFIG_DIR / "trainer" / "default.yaml").read_text())
+    assert list(TRAINER_KEYS) == list(documented)
+
+
+def test_an_unknown_trainer_key_lists_the_valid_ones(tmp_path):
+    with pytest.raises(
+        ValueError, match=r"Unknown trainer key\(s\): max_step\. Valid keys .*max_steps"
+    ):
+        run_training(["+trainer.max_step=5"], tmp_path)
+    assert not (tmp_path / "smoke").exists()
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "trainer.max_steps=-5",
+        "trainer.max_steps=0",
+        "trainer.log_every=0",
+        "trainer.keep_checkpoints=0",
+        "trainer.micro_batch_size=0",
+        "trainer.nan_skip_budget=-1",
+        "trainer.warmup_ratio=1.5",
+        "trainer.min_lr_ratio=2",
+        "trainer.eval_fractions=[0,0.5]",
+        "trainer.mixed_precision=fp8",
+        "trainer.device=gpu",
+        "trainer.lr_schedule=step",
+        "trainer.cpu_allocator=jemalloc",
+    ],
+)
+def test_a_bad_trainer_value_fails_before_the_run_directory_exists(tmp_path, override):
+    key, value = override.split("=")
+    with pytest.raises(ValueError, match=rf"^{re.escape(key)}={re.escape(repr(_parsed(value)))}: "):
+        run_training([*TINY, override], tmp_path)
+    assert not (tmp_path / "smoke").exists()
+
+
+def _parsed(value: str):
+    return yaml.safe_load(value)
+
+
+def test_an_output_root_that_cannot_be_written_is_one_line_before_the_model_is_built(
+    tmp_path, monkeypatch, capsys
+):
+    def built(self):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(LMTask, "build_model", built)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    capsys.readouterr()
+    assert _main_exit(TINY, blocker / "out") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be created" in err[0]
+    assert f"{blocker} is not a directory" in err[0]
+
+
 def test_missing_text_file_names_the_path(tmp_path):
     missing = tmp_path / "no_such_corpus.txt"
     with pytest.raises(FileNotFoundError, match="no_such_corpus.txt"):
@@ -375,6 +277,7 @@ def test_unknown_optimizer_name_lists_the_registry(tmp_path):
     assert not (tmp_path / "smoke").exists()
 
 
+# ------------------------------------------------------------ batch, epochs, evaluation
 def test_global_batch_is_micro_batch_times_total_accumulation(tmp_path):
     run_dir = run_training(
         ["trainer.max_steps=1", "trainer.gradient_accumulation_steps=3", *TINY], tmp_path
@@ -383,7 +286,6 @@ def test_global_batch_is_micro_batch_times_total_accumulation(tmp_path):
     assert train_records(run_dir)[0]["tokens"] == 16 * 3 * 64
 
 
-# ------------------------------------------------------------------------- epochs
 def test_epoch_based_training_evaluates_at_epoch_ends(tmp_path):
     run_dir = run_training(
         [
@@ -413,47 +315,19 @@ def test_max_epochs_needs_an_epoch_based_task(tmp_path):
         run_training(["trainer.max_epochs=1", *TINY], tmp_path)
 
 
-# ------------------------------------------------------------------------- wandb
-@pytest.mark.slow
-def test_wandb_logger_is_offline_by_default(tmp_path, monkeypatch):
-    pytest.importorskip(
-        "wandb", reason="wandb is in the logging extra (pip install -e '.[logging]')"
-    )
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    run_dir = run_training(["logger=wandb", "trainer.max_steps=2", *TINY], tmp_path)
-    assert os.environ["WANDB_MODE"] == "offline"
-    assert list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(train_records(run_dir)) == 2  # the JSONL is still written
+def test_a_failure_in_the_step_0_evaluation_is_recorded_as_failed(tmp_path, monkeypatch):
+    def broken_eval(self, model, accelerator):
+        raise Crash("evaluation blew up")
+
+    monkeypatch.setattr(LMTask, "evaluate", broken_eval)
+    with pytest.raises(Crash):
+        run_training(["trainer.max_steps=2", "trainer.eval_at_start=true", *TINY], tmp_path)
+    (run_dir,) = (tmp_path / "smoke" / "alphaadam").iterdir()
+    s = summary(run_dir)
+    assert s["status"] == "failed" and s["error"] == "Crash: evaluation blew up"
 
 
-# ------------------------------------------------------------------------- multirun
-@pytest.mark.slow
-def test_multirun_gives_each_job_its_own_run_directory(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "train.py"),
-            "-m",
-            "optimizer=adamw,alphaadam",
-            "trainer.max_steps=2",
-            "trainer.progress_bar=false",
-            "trainer.eval_at_start=false",
-        ],
-        cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    runs = sorted(p for p in (tmp_path / "results" / "runs" / "smoke").glob("*/*") if p.is_dir())
-    assert [p.parent.name for p in runs] == ["adamw", "alphaadam"]
-    assert all(summary(p)["status"] == "completed" for p in runs)
-
-
-# ------------------------------------------------------------------------- DDP
+# ---------------------------------------------------------------------------- DDP, bf16
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
     common = [

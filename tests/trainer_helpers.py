@@ -1,7 +1,10 @@
 """Compose the project's Hydra config and run the shared trainer in-process (tests only); the
 home of the tests' tiny-run overrides (:data:`TINY`), subprocess environment, accelerate
-reset, simulated kills (:class:`Crash`, :func:`interrupt_forward`) and what two runs are
-compared by (:func:`comparable_records`, :func:`saved_weights`)."""
+reset, simulated kills (:class:`Crash`, :func:`interrupt_forward`), the interrupted run
+that the checkpoint, run directory and run record tests share (:data:`RUN`,
+:func:`_crashed_run`; its uninterrupted ``reference`` is a fixture in conftest.py),
+train.py's exit code in-process (:func:`_main_exit`) and what two runs are compared by
+(:func:`comparable_records`, :func:`saved_weights`, :func:`_same_weights`)."""
 
 from __future__ import annotations
 
@@ -11,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 from hydra import compose, initialize_config_dir
 
 if TYPE_CHECKING:
-    import pytest
     import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,3 +121,44 @@ def eval_records(run_dir: Path) -> list[dict]:
 
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+# Checkpoints at steps 2 and 4 (both kept); a crash during step 5 leaves both.
+RUN = [
+    "optimizer=alphaadam",
+    "model.dropout=0.1",
+    "trainer.max_steps=6",
+    "trainer.checkpoint_every=2",
+    "trainer.keep_checkpoints=2",
+    "trainer.eval_every=3",
+    *TINY,
+]
+
+
+def _crashed_run(monkeypatch, root: Path, overrides=RUN, step: int = 5) -> Path:
+    interrupt_forward(monkeypatch, step, Crash("simulated kill"))  # one micro-batch a step
+    with pytest.raises(Crash):
+        run_training(overrides, root)
+    monkeypatch.undo()
+    (run_dir,) = (p for p in root.glob("smoke/*/*") if p.is_dir())
+    return run_dir
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    import torch
+
+    wa, wb = saved_weights(a), saved_weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _main_exit(overrides: list[str], output_root: Path) -> int:
+    """``train.py``'s entry point in-process: its exit code (0 when it returns)."""
+    from alphaadam.trainer import main
+
+    reset_accelerate()
+    cfg = run_config(overrides, output_root)
+    try:
+        main(cfg)
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
