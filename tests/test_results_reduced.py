@@ -281,6 +281,15 @@ def test_rescale_ablation_has_its_own_table_and_never_a_row_of_table1(reduced_gl
     norescale = rows["AlphaAdam, no rescale (ablation)"]
     assert norescale[:3] == ["80.00 ± 1.41", "2 @ 1e-4", "2.00 ± 0.00"]
     assert norescale[3].startswith("-2.00 ± 1.41 (n=2;")
+    # Its grid part: every lr a row's runs tried, in the table's row order. The fixture's
+    # AdamW and AlphaAdam STS-B runs are read back from the fixture, the ablation's from above.
+    grid = next(p for p in ablation.parts if p.name == "reduced_table1_rescale_ablation_grid")
+    grid_rows = {r[1]: dict(zip(grid.header[2:], r[2:])) for r in grid.rows}
+    assert list(grid_rows)[2:] == [
+        "AlphaAdam, no rescale (ablation)", "AlphaAdam, rescale=active (extension)",
+    ]  # fmt: skip
+    assert grid_rows["AlphaAdam, no rescale (ablation)"]["1e-4"] == "80.00 (2) *"
+    assert grid_rows["AlphaAdam, rescale=active (extension)"]["3e-5"].startswith("86.00 (2) *")
 
 
 def test_a_reduced_table3_control_is_its_own_table_beside_reduced_table3(tmp_path: Path):

@@ -301,7 +301,7 @@ def build_rescale_ablation(
                 format_paired(paired.get((task, method), {}).get("value"), 2),
             ]
         rows.append(row)
-    return Table(
+    table = Table(
         f"{experiment}_rescale_ablation",
         f"Rescale ablation beside reduced Table 1 ({experiment}): which part of the rescale "
         "fails on sparse gradients",
@@ -326,3 +326,25 @@ def build_rescale_ablation(
         ],
         selected.problems,
     )
+    # Each variant's whole grid, so that "chosen inside its grid" can be checked here too
+    # (Table 1's grid part leaves the ablation methods out).
+    ablation_records = [r for r in records if r["task"] in tasks and r["optimizer"] in ABLATION_ROWS]
+    order = {m: i for i, m in enumerate(ABLATION_ROWS)}
+    ablation_records.sort(key=lambda r: (tasks.index(r["task"]), order[r["optimizer"]]))
+    grid_header, grid_rows, grid_notes = lr_grid_rows(
+        ablation_records,
+        chosen,
+        ["task", "optimizer"],
+        lambda key: [labels.get(key[0], key[0]), label_of(spec["rows"], key[1])],
+        2,
+    )
+    table.parts.append(
+        Table(
+            f"{table.name}_grid",
+            "Every lr of each row's grid: mean over its seeds (seed count); * = chosen",
+            ["Task", "Method", *grid_header[2:]],
+            grid_rows,
+            grid_notes,
+        )
+    )
+    return table
