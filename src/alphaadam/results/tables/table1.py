@@ -328,7 +328,9 @@ def build_rescale_ablation(
     )
     # Each variant's whole grid, so that "chosen inside its grid" can be checked here too
     # (Table 1's grid part leaves the ablation methods out).
-    ablation_records = [r for r in records if r["task"] in tasks and r["optimizer"] in ABLATION_ROWS]
+    ablation_records = [
+        r for r in records if r["task"] in tasks and r["optimizer"] in ABLATION_ROWS
+    ]
     order = {m: i for i, m in enumerate(ABLATION_ROWS)}
     ablation_records.sort(key=lambda r: (tasks.index(r["task"]), order[r["optimizer"]]))
     grid_header, grid_rows, grid_notes = lr_grid_rows(
