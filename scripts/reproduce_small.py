@@ -18,7 +18,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from alphaadam.study import REPO, STUDY_SWEEPS, Progress, Study, describe_plan, run_local, run_slurm
+from alphaadam.study import (
+    REPO,
+    STUDY_SWEEPS,
+    Progress,
+    Study,
+    StudyDesignError,
+    describe_plan,
+    group_state,
+    run_local,
+    run_slurm,
+)
 
 TABLES = {name.removeprefix("reduced_"): name for name in STUDY_SWEEPS}
 
@@ -51,9 +61,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"launcher overrides {args.launcher_args} need --launcher slurm")
 
     studies = [Study.load(TABLES[t], extra=args.override) for t in args.tables]
+    # A table whose place holds runs of an earlier design is left out, loudly, and the
+    # others go on: one table's conflict should not stall the rest of the study.
+    blocked = {}
+    for study in studies:
+        try:
+            for method, task in study.groups():
+                group_state(study, method, task)
+        except StudyDesignError as err:
+            blocked[study.sweep] = str(err)
+    for sweep, why in blocked.items():
+        print(f"{sweep}: not run: {why}", file=sys.stderr, flush=True)
+    studies = [s for s in studies if s.sweep not in blocked]
+    if not studies:
+        return 1
     print(describe_plan(studies, args.jobs), flush=True)
     if args.dry_run:
-        return 0
+        return 1 if blocked else 0
     progress = Progress(print=lambda line: print(line, flush=True))
     if args.launcher == "slurm":
         failed = run_slurm(studies, progress, args.launcher_args, args.jobs)
@@ -64,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     print(describe_plan(studies, args.jobs), flush=True)
     if failed:
         print(f"{len(failed)} run(s) failed:", *[f"  {j.label}" for j in failed], sep="\n")
+        return 1
+    if blocked:
+        print(f"not run (another design's runs in the way): {', '.join(blocked)}")
         return 1
     return 0
 

@@ -302,3 +302,44 @@ def test_a_method_with_tasks_of_its_own_runs_only_those(tmp_path):
         ("adamw", "stsb"), ("alphaadam_norescale", "stsb"), ("adamw", "mrpc"),
         ("alphaadam_norescale", "mrpc"), ("adamw", "cola"),
     ]  # fmt: skip
+
+
+def test_a_completed_run_of_another_design_is_refused_not_counted(tmp_path: Path):
+    """``study.design_keys``: a completed run whose config.yaml differs there (an earlier
+    design's run at the same path) stops the plan with an error naming the run and the key,
+    instead of being counted as done."""
+    from alphaadam.study import StudyDesignError
+
+    study = _study(tmp_path, "[0.001,0.002]", "+study.design_keys=[trainer.max_steps]")
+    steps = int(study.cfg.trainer.max_steps)
+    same, other = (study.run_dir("adamw", None, lr, 1) for lr in (0.001, 0.002))
+    _complete(same, 2.0)
+    (same / "config.yaml").write_text(f"trainer:\n  max_steps: {steps}\n")
+    _complete(other, 2.5)
+    (other / "config.yaml").write_text(f"trainer:\n  max_steps: {steps - 100}\n")
+    with pytest.raises(StudyDesignError) as err:
+        group_state(study, "adamw", None)
+    message = str(err.value)
+    assert str(other) in message and f"trainer.max_steps: run {steps - 100}, study {steps}" in message
+    # Of this design, both count: the grid is done and 0.001 is chosen (at an edge, widened).
+    (other / "config.yaml").write_text(f"trainer:\n  max_steps: {steps}\n")
+    state = group_state(study, "adamw", None)
+    assert state.choice.lr == 0.001 and 0.0005 in state.grid
+
+
+def test_cli_leaves_out_a_table_with_another_designs_runs_and_says_why(tmp_path: Path):
+    import subprocess
+
+    study = _study(tmp_path, "[0.001,0.002]")
+    run_dir = tmp_path / "reduced_table3" / "adamw" / "lr0.001_seed1"
+    _complete(run_dir, 2.0)
+    (run_dir / "config.yaml").write_text("trainer:\n  max_steps: 1\n")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "reproduce_small.py"), "--tables", "table3",
+         "--dry-run", "--override", f"study.root={tmp_path}",
+         "--override", "+study.design_keys=[trainer.max_steps]"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"reduced_table3: not run: {run_dir} was made under another design" in result.stderr
+    assert f"trainer.max_steps: run 1, study {study.cfg.trainer.max_steps}" in result.stderr

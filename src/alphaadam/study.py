@@ -321,6 +321,54 @@ def read_status(run_dir: Path) -> tuple[str | None, dict[str, Any] | None]:
     return summary.get("status"), summary
 
 
+class StudyDesignError(ValueError):
+    """A completed run in a study's place was made under another design of that study."""
+
+
+_NOT_SET = "(not set)"
+
+
+def check_design(study: Study, run_dir: Path) -> None:
+    """Refuse a completed run whose ``config.yaml`` differs from the study's config at one of
+    its ``study.design_keys``: a run of an earlier design of the table (another split to
+    choose on, say) sits at the same path, and counting it as done would mix two designs in
+    one table without a trace. The keys are listed rather than the whole config compared,
+    because runs of one design made by older code lack keys added since."""
+    keys = list(study.spec.get("design_keys") or [])
+    if not keys:
+        return
+    try:
+        saved = OmegaConf.load(run_dir / "config.yaml")
+    except (OSError, ValueError) as err:
+        raise StudyDesignError(
+            f"{run_dir} is completed but its config.yaml cannot be read ({err}), so nothing "
+            f"shows it was made under this design of {study.sweep} (study.design_keys: "
+            f"{', '.join(keys)})"
+        ) from None
+    differ = []
+    for key in keys:
+        expected = OmegaConf.select(study.cfg, key, default=_NOT_SET)
+        found = OmegaConf.select(saved, key, default=_NOT_SET)
+        if found != expected:
+            differ.append(f"{key}: run {found!r}, study {expected!r}")
+    if differ:
+        raise StudyDesignError(
+            f"{run_dir} was made under another design of {study.sweep} "
+            f"({'; '.join(differ)}); counting it would mix two designs in one table. Move "
+            f"the earlier design's runs out of {study.spec.root} (they stay in git history), "
+            "or run this design elsewhere (--override study.root=DIR)."
+        )
+
+
+def completed(study: Study, run_dir: Path) -> tuple[bool, dict[str, Any] | None]:
+    """Whether the run is done (and of this design: :func:`check_design`), with its summary."""
+    status, summary = read_status(run_dir)
+    if status != "completed":
+        return False, summary
+    check_design(study, run_dir)
+    return True, summary
+
+
 @dataclass
 class GroupState:
     """One (method, task) of a study: its grid so far, the choice, and the jobs it needs."""
@@ -354,8 +402,8 @@ def group_state(study: Study, method: str, task: str | None) -> GroupState:
         grid_jobs = [study.job(method, task, lr, seed, "grid") for lr in state.grid]
         done = {}
         for job in grid_jobs:
-            status, summary = read_status(job.run_dir)
-            if status == "completed":
+            is_done, summary = completed(study, job.run_dir)
+            if is_done:
                 done[job.lr] = study.score(summary)
         if len(done) < len(grid_jobs):
             state.jobs = grid_jobs
@@ -405,7 +453,7 @@ def group_state(study: Study, method: str, task: str | None) -> GroupState:
                     if int(s) != seed
                 ]
         state.jobs = grid_jobs + seed_jobs
-        state.waiting = [j for j in seed_jobs if read_status(j.run_dir)[0] != "completed"]
+        state.waiting = [j for j in seed_jobs if not completed(study, j.run_dir)[0]]
         return state
 
 
