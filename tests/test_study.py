@@ -320,7 +320,9 @@ def test_a_completed_run_of_another_design_is_refused_not_counted(tmp_path: Path
     with pytest.raises(StudyDesignError) as err:
         group_state(study, "adamw", None)
     message = str(err.value)
-    assert str(other) in message and f"trainer.max_steps: run {steps - 100}, study {steps}" in message
+    assert (
+        str(other) in message and f"trainer.max_steps: run {steps - 100}, study {steps}" in message
+    )
     # Of this design, both count: the grid is done and 0.001 is chosen (at an edge, widened).
     (other / "config.yaml").write_text(f"trainer:\n  max_steps: {steps}\n")
     state = group_state(study, "adamw", None)
