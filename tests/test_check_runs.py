@@ -4,21 +4,26 @@ records, and a tampered committed value is caught, named and fails the check."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from trainer_helpers import subprocess_env
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "check_runs.py"
 
 
 def _run(args: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, *args],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

@@ -7,7 +7,6 @@ the libraries' offline mode; transformers and datasets wrap them as they do for 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from alphaadam.hub import HubAccessError, classify, hub_access, looks_local
 from alphaadam.tasks.glue import GlueTask, load_glue_split
 from alphaadam.tasks.gsm8k import GSM8KTask, load_gsm8k_split
 from fake_hub import FakeHub
+from trainer_helpers import subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 LLAMA = "meta-llama/Llama-2-7b-hf"
@@ -179,12 +179,10 @@ def test_train_py_with_gated_llama_prints_the_message_and_exits_1(tmp_path):
     with FakeHub() as hub:
         hub.gate("model", LLAMA)
         env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO / "src"),
+            **subprocess_env(),
             "HF_ENDPOINT": hub.url,
             "HF_HOME": str(tmp_path / "hf"),
             "HF_HUB_OFFLINE": "0",
-            "OMP_NUM_THREADS": "1",
         }
         env.pop("HF_TOKEN", None)
         out = subprocess.run(

@@ -8,7 +8,6 @@ download, which these offline tests replace with a GPT-2-sized stand-in vocabula
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from alphaadam import preflight as pf
 from alphaadam.checks import check_model_source
 from fake_hub import FakeHub
 from test_openwebtext import write_raw_repo
-from trainer_helpers import CONFIG_DIR, compose_config
+from trainer_helpers import CONFIG_DIR, compose_config, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
@@ -353,8 +352,7 @@ def test_hub_model_is_checked_without_downloading_its_weights(tmp_path, offline,
 
 
 def _run_train_py(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    env["HF_HUB_OFFLINE"] = "1"
+    env = {**subprocess_env(), "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *overrides],
         capture_output=True,
