@@ -200,7 +200,7 @@ def check(run_dir: Path, reference: dict) -> tuple[list[str], int]:
             f"records differ: missing {sorted(set(reference) - set(fresh))[:3]}, "
             f"extra {sorted(set(fresh) - set(reference))[:3]}"
         )
-    compared, first, worst = compare(reference, fresh, MAX_STEPS)
+    compared, first, worst, _ = compare(reference, fresh, MAX_STEPS)
     if first is not None:
         step, key, a, b = first
         problems.append(f"step {step} {key}: {a!r} uninterrupted, {b!r} here (max rel {worst:.1e})")

@@ -53,14 +53,16 @@ def test_committed_tables_are_make_tables_output_of_the_committed_runs(tmp_path)
 def test_the_study_plan_is_exactly_the_committed_runs(tmp_path):
     """``make reproduce-small`` from a fresh clone plans the committed run set, no more (a run
     the tables show but the study would not make) and no less (nothing left to run)."""
-    from alphaadam.study import STUDY_SWEEPS, Study, group_state
+    from alphaadam.study import STUDY_SWEEPS, Study, StudyDesignError, group_state
 
     summaries = [n for n in _tracked("results/reduced/") if n.endswith("/summary.json")]
     assert summaries, "no committed study runs under results/reduced/"
     for name in summaries:
-        target = tmp_path / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(REPO / name, target)
+        for file in ("summary.json", "config.yaml"):
+            source = REPO / name.replace("summary.json", file)
+            target = tmp_path / name.replace("summary.json", file)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
     root = tmp_path / "results" / "reduced"
     for sweep in STUDY_SWEEPS:
         study = Study.load(sweep, extra=[f"study.root={root}"])
@@ -68,6 +70,12 @@ def test_the_study_plan_is_exactly_the_committed_runs(tmp_path):
         # committed) may have jobs left; what it has committed must still be its own jobs.
         finished = bool(study.spec.get("finished", False))
         planned = set()
+        # Reduced Table 2's committed runs are its first design's; its new design refuses
+        # them (study.design_keys, docs/reproduction.md "Design history") until they move.
+        if sweep == "reduced_table2":
+            with pytest.raises(StudyDesignError, match="data.validation_examples"):
+                group_state(study, *study.groups()[0])
+            continue
         for method, task in study.groups():
             state = group_state(study, method, task)
             if finished:
