@@ -237,21 +237,8 @@ def build_table1(
                     ["positive = better than AdamW; mean ± sd over seeds with the 95% t interval."],
                 )
             )
-        grid_header, grid_rows, grid_notes = lr_grid_rows(
-            records,
-            chosen,
-            ["task", "optimizer"],
-            lambda key: [labels.get(key[0], key[0]), label_of(spec["rows"], key[1])],
-            2,
-        )
         table.parts.append(
-            Table(
-                f"{table.name}_grid",
-                "Every lr of the grid: mean over its seeds (seed count); * = chosen",
-                ["Task", "Method", *grid_header[2:]],
-                grid_rows,
-                grid_notes,
-            )
+            _grid_part(table.name, "Every lr of the grid", records, chosen, labels, spec)
         )
     return table
 
@@ -333,20 +320,34 @@ def build_rescale_ablation(
     ]
     order = {m: i for i, m in enumerate(ABLATION_ROWS)}
     ablation_records.sort(key=lambda r: (tasks.index(r["task"]), order[r["optimizer"]]))
+    table.parts.append(
+        _grid_part(
+            table.name, "Every lr of each row's grid", ablation_records, chosen, labels, spec
+        )
+    )
+    return table
+
+
+def _grid_part(
+    name: str,
+    what: str,
+    records: list[dict[str, Any]],
+    chosen: dict[tuple, tuple[float, pd.DataFrame]],
+    labels: dict[str, str],
+    spec: dict[str, Any],
+) -> Table:
+    """The ``<name>_grid`` part: per (task, method), every lr tried and its mean."""
     grid_header, grid_rows, grid_notes = lr_grid_rows(
-        ablation_records,
+        records,
         chosen,
         ["task", "optimizer"],
         lambda key: [labels.get(key[0], key[0]), label_of(spec["rows"], key[1])],
         2,
     )
-    table.parts.append(
-        Table(
-            f"{table.name}_grid",
-            "Every lr of each row's grid: mean over its seeds (seed count); * = chosen",
-            ["Task", "Method", *grid_header[2:]],
-            grid_rows,
-            grid_notes,
-        )
+    return Table(
+        f"{name}_grid",
+        f"{what}: mean over its seeds (seed count); * = chosen",
+        ["Task", "Method", *grid_header[2:]],
+        grid_rows,
+        grid_notes,
     )
-    return table
