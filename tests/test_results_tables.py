@@ -269,6 +269,18 @@ def test_duplicate_seed_counts_once(tmp_path: Path):
     assert any("same config and seed" in p.message for p in table.problems)
 
 
+def test_runs_under_a_superseded_folder_are_not_loaded_unless_the_root_is_inside_it(
+    tmp_path: Path,
+):
+    glue_run(tmp_path, "reduced/x/1", "rte", 0.70)
+    glue_run(tmp_path, "superseded/old_design/x/1", "rte", 0.90)
+    assert [r.path.relative_to(tmp_path).as_posix() for r in load_runs(tmp_path).runs] == [
+        "reduced/x/1"
+    ]
+    inside = load_runs(tmp_path / "superseded" / "old_design").runs
+    assert [r.summary["best"]["accuracy"] for r in inside] == [0.90]
+
+
 def _set_config(run_dir: Path, max_steps: int, output_root: str, log_every: int) -> None:
     (run_dir / "config.yaml").write_text(
         "optimizer:\n  name: adamw\n"

@@ -27,8 +27,12 @@ CONFIG = "config.yaml"
 
 VALID_STATUSES = ("running", "completed", "failed", "interrupted")
 VALID_TASKS = ("lm", "glue", "gsm8k")
-# Directories that never hold runs of their own (checkpoint payloads, submitit logs, Hydra).
-_PRUNED_DIRS = {"checkpoints", ".submitit", ".hydra", "wandb", "tables", "figures", "paper"}
+# Directories that never hold runs of their own (checkpoint payloads, submitit logs, Hydra),
+# and `superseded/`: runs of an earlier design kept as a record, never counted with the runs
+# that replaced them (results/superseded/README.md; read them with --root pointed inside).
+_PRUNED_DIRS = {
+    "checkpoints", ".submitit", ".hydra", "wandb", "tables", "figures", "paper", "superseded"
+}  # fmt: skip
 
 _REQUIRED_SUMMARY: dict[str, tuple[type, ...]] = {
     "status": (str,),
