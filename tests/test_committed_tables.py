@@ -25,24 +25,33 @@ def _tracked(prefix: str) -> list[str]:
     return [name for name in out.split("\0") if name]
 
 
+def _copy_tracked(prefix: str, dest: Path, skip: tuple[str, ...] = ()) -> None:
+    """The committed files under ``prefix`` (less those starting with ``skip``), at the same
+    relative paths under ``dest``."""
+    for name in _tracked(prefix):
+        if name.startswith(skip):
+            continue
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO / name, target)
+
+
+def _make_tables(root: Path, out: Path, paper: Path = REPO / "results/paper/tables.yaml") -> None:
+    subprocess.run(
+        [sys.executable, "scripts/make_tables.py", "--root", str(root), "--out", str(out),
+         "--paper", str(paper)],
+        cwd=REPO, check=True, capture_output=True,
+    )  # fmt: skip
+
+
 @needs_git_checkout
 def test_committed_tables_are_make_tables_output_of_the_committed_runs(tmp_path):
     tables = [t for t in _tracked("results/tables/") if not t.endswith("/")]
     assert tables, "results/tables/ holds no committed tables; run make tables and commit them"
     # Only committed run files: a checkout may also hold runs still going or not yet committed.
-    root = tmp_path / "results"
-    for name in _tracked("results/"):
-        if name.startswith(GENERATED):
-            continue
-        target = tmp_path / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(REPO / name, target)
+    _copy_tracked("results/", tmp_path, skip=GENERATED)
     out = tmp_path / "tables"
-    subprocess.run(
-        [sys.executable, "scripts/make_tables.py", "--root", str(root), "--out", str(out),
-         "--paper", str(root / "paper" / "tables.yaml")],
-        cwd=REPO, check=True, capture_output=True,
-    )  # fmt: skip
+    _make_tables(tmp_path / "results", out, paper=tmp_path / "results/paper/tables.yaml")
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted(Path(t).name for t in tables)
     for name in tables:
@@ -90,17 +99,10 @@ def test_superseded_tables_are_make_tables_output_of_their_own_runs(tmp_path):
     assert studies, "no superseded study under results/superseded/"
     for study in studies:
         prefix = f"results/superseded/{study}/"
-        for name in _tracked(prefix):
-            target = tmp_path / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(REPO / name, target)
+        _copy_tracked(prefix, tmp_path)
         out = tmp_path / "out" / study
-        subprocess.run(
-            [sys.executable, "scripts/make_tables.py", "--root", str(tmp_path / prefix),
-             "--out", str(out), "--paper", str(REPO / "results" / "paper" / "tables.yaml")],
-            cwd=REPO, check=True, capture_output=True,
-        )  # fmt: skip
-        committed = [n for n in _tracked(prefix + "tables/")]
+        _make_tables(tmp_path / prefix, out)
+        committed = _tracked(prefix + "tables/")
         assert committed, f"{prefix} has no tables/"
         for name in committed:
             assert (out / Path(name).name).read_bytes() == (REPO / name).read_bytes(), name
