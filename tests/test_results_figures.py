@@ -165,3 +165,20 @@ def test_step_scale_figure_is_skipped_without_a_masked_run(tmp_path: Path):
     _reduced_run(tmp_path, "a", "adamw", 1e-3, 1, 2.0)
     report = make_figures(load_runs(tmp_path), tmp_path / "figures")
     assert any(s.startswith("step_scale_reduced_table3") for s in report.skipped)
+
+
+def test_gsm8k_lr_axis_names_the_split_the_lr_was_chosen_on():
+    from types import SimpleNamespace
+
+    from alphaadam.results.figures import _value_label
+
+    def gsm8k_run(final: dict) -> SimpleNamespace:
+        summary = {"task": "gsm8k", "primary_metric": "val_loss", "final": final}
+        return SimpleNamespace(experiment="reduced_table2", summary=summary)
+
+    # A validation split held out of training: val_loss is that split, test_loss the test's.
+    held_out = gsm8k_run({"val_loss": 2.9, "test_loss": 3.0})
+    assert _value_label(held_out) == "answer loss (validation split)"
+    # The superseded first design scored only the test split, under the name val_loss.
+    test_only = gsm8k_run({"val_loss": 3.0})
+    assert _value_label(test_only) == "answer loss (test split)"
