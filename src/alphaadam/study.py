@@ -54,6 +54,7 @@ STUDY_SWEEPS = (
     "reduced_table2",
     "reduced_scaling",
     "reduced_table3_wd0",
+    "reduced_table3_bf16",
 )
 
 

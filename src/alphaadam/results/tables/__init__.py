@@ -61,7 +61,7 @@ def load_paper(path: str | Path) -> dict[str, Any]:
 def experiments_of(runs: RunSet, table: str) -> list[str]:
     """The paper-scale experiment of ``table`` and every other experiment with runs of its
     kind (GLUE, GSM8K, or a Table 3 ablation: ``reduced_table3`` and its controls such as
-    ``reduced_table3_wd0``), paper first."""
+    ``reduced_table3_wd0`` and ``reduced_table3_bf16``), paper first."""
     paper_experiment = PAPER_EXPERIMENTS[table]
     if table == "table1":
         found = {r.experiment for r in runs.select(task="glue")}
