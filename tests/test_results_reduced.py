@@ -306,3 +306,24 @@ def test_a_reduced_table3_control_is_its_own_table_beside_reduced_table3(tmp_pat
     tables = {t.name: t for t in build_all(load_runs(tmp_path), load_paper(PAPER))}
     assert row_after(tables["reduced_table3"], "AdamW (baseline)", "reduced")[6] == "2.000"
     assert row_after(tables["reduced_table3_wd0"], "AdamW (baseline)", "reduced")[6] == "2.500"
+
+
+def test_a_one_lr_control_says_no_lr_was_chosen(tmp_path: Path):
+    """A control that runs each method at one fixed lr (the bf16 and weight-decay controls)
+    must not claim an lr was chosen; a table with a grid still says how it chose."""
+    evals = {0.2: 2.5, 0.4: 2.4, 0.6: 2.2, 1.0: 2.0}
+    write_run(tmp_path, "ctl/a", experiment="reduced_table3_bf16", lr=1e-2, evals=evals)
+    write_run(tmp_path, "ctl/b", experiment="reduced_table3_bf16", lr=1e-2, seed=2, evals=evals)
+    write_run(
+        tmp_path, "ctl/c", experiment="reduced_table3_bf16", optimizer="alphaadam", lr=4e-3,
+        evals=evals,
+    )  # fmt: skip
+    write_run(tmp_path, "t3/a", experiment="reduced_table3", lr=1e-2, evals=evals)
+    write_run(tmp_path, "t3/b", experiment="reduced_table3", lr=2e-2, evals=evals)
+    tables = {t.name: t for t in build_all(load_runs(tmp_path), load_paper(PAPER))}
+    control_notes = " ".join(tables["reduced_table3_bf16"].notes)
+    assert "nothing chosen" in control_notes
+    assert "lr chosen on" not in control_notes
+    grid_notes = " ".join(tables["reduced_table3"].notes)
+    assert "lr chosen on the final (100%) val loss" in grid_notes
+    assert "nothing chosen" not in grid_notes
