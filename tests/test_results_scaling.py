@@ -134,3 +134,40 @@ def test_parameter_count_reads_the_runs_config(tmp_path):
     (run,) = load_runs(tmp_path).runs
     assert run.path == run_dir
     assert parameter_count(run) == 2 * 256 * 128 + 4 * (12 * 128 * 128 + 2 * 128) + 128
+
+
+def test_the_tail_part_says_whether_validation_loss_still_falls_at_the_end(tables):
+    tail = tables["reduced_scaling_d64_s100_tail"]
+    row = _row(tail, "AlphaAdam")
+    # The fixture's last two evaluations are at 60 % and 100 % of 100 steps, with val loss
+    # `val + 0.4` then `val`; AlphaAdam's seeds at 1e-3 end at 1.80, 1.85, 1.84.
+    assert row[1] == "60 -> 100"
+    assert row[2] == "2.230 ± 0.026" and row[3] == "1.830 ± 0.026"
+    assert row[4].startswith("-0.400 ± 0.000 (n=3;")
+
+
+def test_alphaadam_against_cadamw_is_paired_by_seed_at_each_ones_chosen_lr(tmp_path):
+    scaling_run(tmp_path, "adamw", 2e-3, 1, 2.0, test=2.1)
+    # CAdamW: 4e-3 wins on validation; seeds 1-3 there (test 1.90, 1.95, 1.93).
+    scaling_run(tmp_path, "adamw_sm", 2e-3, 1, 1.95, test=1.96, scale=1.5)
+    for seed, test in ((1, 1.90), (2, 1.95), (3, 1.93)):
+        scaling_run(tmp_path, "adamw_sm", 4e-3, seed, 1.9, test=test, scale=1.5)
+    # AlphaAdam: 1e-3 wins; seeds 1-3 there (test 1.94, 1.92, 1.99).
+    scaling_run(tmp_path, "alphaadam", 2e-3, 1, 1.97, test=1.98, scale=3.0)
+    for seed, test in ((1, 1.94), (2, 1.92), (3, 1.99)):
+        scaling_run(tmp_path, "alphaadam", 1e-3, seed, 1.85, test=test, scale=3.0)
+    built = build_scaling_tables(load_runs(tmp_path))
+    versus = next(
+        p for t in built for p in t.parts if p.name == "reduced_scaling_alphaadam_vs_cadamw"
+    )
+    (row,) = versus.rows
+    # Per seed, AlphaAdam minus CAdamW: +0.04, -0.03, +0.06 -> mean +0.0233, sd 0.0473.
+    diffs = [0.04, -0.03, 0.06]
+    mean = sum(diffs) / 3
+    sd = (sum((d - mean) ** 2 for d in diffs) / 2) ** 0.5
+    assert row[0] == "d64_s100"
+    assert row[1].startswith(f"{mean:+.3f} ± {sd:.3f} (n=3;")
+    assert row[2].startswith("+0.015 ± 0.064 (n=2;")  # seeds 2-3: -0.03, +0.06
+    assert row[3] == f"{(4.302653 + 1.060660) * sd / 3**0.5:.3f} (n=3)"
+    # Every test loss is 1.0 higher at 20 % and 0.6 at 40 %, so Avg(Early)'s pairs are the same.
+    assert row[4].startswith(f"{mean:+.3f} ± {sd:.3f} (n=3;")

@@ -141,10 +141,32 @@ def scaling_point(runs: RunSet, experiment: str) -> Point:
                 "value": math.nan if value is None else float(value),
                 "step_scale": step_scale_of(run.summary),
                 **test,
+                **last_two_evals(run),
             }
         )
     chosen = chosen_by_group(records, ["optimizer"], "min")
     return Point(experiment, point_runs, records, problems, chosen)
+
+
+def last_two_evals(run: Run) -> dict[str, float]:
+    """The validation loss at the run's last two evaluations and their steps, to show
+    whether it still falls at the end (the long point runs ~8 passes over its data)."""
+    metrics = run.metrics
+    if "val_loss" not in metrics or "step" not in metrics:
+        return {"tail_from_step": math.nan, "tail_to_step": math.nan,
+                "tail_from": math.nan, "tail_to": math.nan}  # fmt: skip
+    evals = metrics.dropna(subset=["val_loss"]).drop_duplicates("step", keep="last")
+    evals = evals.sort_values("step")
+    if len(evals) < 2:
+        return {"tail_from_step": math.nan, "tail_to_step": math.nan,
+                "tail_from": math.nan, "tail_to": math.nan}  # fmt: skip
+    before, last = evals.iloc[-2], evals.iloc[-1]
+    return {
+        "tail_from_step": float(before["step"]),
+        "tail_to_step": float(last["step"]),
+        "tail_from": float(before["val_loss"]),
+        "tail_to": float(last["val_loss"]),
+    }
 
 
 def _effective(lr: float, scale: Cell | None) -> str:
@@ -302,6 +324,42 @@ def build_point_table(point: Point) -> Table:
                 ],
             )
         )
+    tail_rows = []
+    for method in point.methods:
+        hit = point.chosen.get((method,))
+        if not hit:
+            continue
+        lr, sub = hit
+        sub = sub.dropna(subset=["tail_from", "tail_to"])
+        if sub.empty:
+            continue
+        steps = sorted(
+            {(int(a), int(b)) for a, b in zip(sub["tail_from_step"], sub["tail_to_step"])}
+        )
+        tail_rows.append(
+            [
+                label(method),
+                ", ".join(f"{a} -> {b}" for a, b in steps),
+                format_cell(Cell(sub["tail_from"].tolist(), lr), 3),
+                format_cell(Cell(sub["tail_to"].tolist(), lr), 3),
+                format_paired(Cell((sub["tail_to"] - sub["tail_from"]).tolist(), lr), 3),
+            ]
+        )
+    if tail_rows:
+        table.parts.append(
+            Table(
+                f"{point.experiment}_tail",
+                "Does validation loss still fall at the end? The last two evaluations, at each "
+                "method's chosen lr",
+                ["Method", "steps", "val loss, earlier", "val loss, last", "change (same run)"],
+                tail_rows,
+                [
+                    "mean ± sd over the seeds at the chosen lr; change: last minus earlier "
+                    "evaluation within each run, with its 95% t interval (negative = still "
+                    "falling)."
+                ],
+            )
+        )
     header_g, rows_g, notes_g = lr_grid_rows(
         point.records, point.chosen, ["optimizer"], lambda key: [label(key[0])], 3
     )
@@ -357,7 +415,7 @@ def build_summary_table(points: list[Point]) -> Table:
                     _effective(lr, scale),
                 ]
             )
-    return Table(
+    summary = Table(
         "reduced_scaling",
         "Scaling study: the reduced Table 3 ablation across width and training length",
         header,
@@ -377,6 +435,54 @@ def build_summary_table(points: list[Point]) -> Table:
         ],
         [p for point in points for p in point.problems],
     )
+    versus = alphaadam_vs_cadamw_rows(points)
+    if versus:
+        summary.parts.append(
+            Table(
+                "reduced_scaling_alphaadam_vs_cadamw",
+                "AlphaAdam against CAdamW (the paper: AlphaAdam ahead), test loss, same seed, "
+                "each at its own chosen lr",
+                [
+                    "Point",
+                    "100%",
+                    "100%, seeds 2-3 only",
+                    "detectable at 80% power",
+                    "Avg(Early)",
+                ],  # fmt: skip
+                versus,
+                [
+                    "AlphaAdam minus CAdamW (+SM): negative = AlphaAdam lower; mean ± sd over "
+                    "seeds with the 95% t interval; detectable as above."
+                ],
+            )
+        )
+    return summary
+
+
+def alphaadam_vs_cadamw_rows(points: list[Point]) -> list[list[str]]:
+    rows = []
+    for point in points:
+        if ("alphaadam",) not in point.chosen or ("adamw_sm",) not in point.chosen:
+            continue
+        paired = paired_differences(
+            point.records, point.chosen, lambda key, b: (b,), ["100%", "avg_early"],
+            baseline="adamw_sm",
+        )  # fmt: skip
+        cells = paired[("alphaadam",)]
+        seeds = sorted(
+            set(point.chosen[("alphaadam",)][1]["seed"])
+            & set(point.chosen[("adamw_sm",)][1]["seed"])
+        )
+        rows.append(
+            [
+                point.name,
+                format_paired(cells["100%"], 3),
+                format_paired(_seeds_2_3(cells["100%"], seeds), 3),
+                _format_detectable(cells["100%"]),
+                format_paired(cells["avg_early"], 3),
+            ]
+        )
+    return rows
 
 
 def build_scaling_tables(runs: RunSet) -> list[Table]:
