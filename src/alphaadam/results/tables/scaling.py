@@ -5,8 +5,9 @@ held-out text and every number reported on the test half.
 One table per point (``reduced_scaling_<point>``), in reduced Table 3's format but of test
 loss, with the effective step (lr x step scale), the paired differences from AdamW (also on
 seeds 2-3 alone: seed 1 chose the lr), the smallest difference the seeds could have detected,
-the "shared lr" comparison (every method at AdamW's chosen lr, the paper's protocol) and the
-lr grid; and one summary table across points (``reduced_scaling``).
+the "shared lr" comparison (every method at AdamW's chosen lr, the paper's protocol), the
+last two validation evaluations (does the loss still fall at the end?) and the lr grid; and one
+summary table across points (``reduced_scaling``), with AlphaAdam paired against CAdamW.
 """
 
 from __future__ import annotations
