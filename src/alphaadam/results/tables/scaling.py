@@ -153,21 +153,19 @@ def last_two_evals(run: Run) -> dict[str, float]:
     """The validation loss at the run's last two evaluations and their steps, to show
     whether it still falls at the end (the long point runs ~8 passes over its data)."""
     metrics = run.metrics
+    keys = ("tail_from_step", "tail_to_step", "tail_from", "tail_to")
     if "val_loss" not in metrics or "step" not in metrics:
-        return {"tail_from_step": math.nan, "tail_to_step": math.nan,
-                "tail_from": math.nan, "tail_to": math.nan}  # fmt: skip
+        return dict.fromkeys(keys, math.nan)
     evals = metrics.dropna(subset=["val_loss"]).drop_duplicates("step", keep="last")
-    evals = evals.sort_values("step")
     if len(evals) < 2:
-        return {"tail_from_step": math.nan, "tail_to_step": math.nan,
-                "tail_from": math.nan, "tail_to": math.nan}  # fmt: skip
-    before, last = evals.iloc[-2], evals.iloc[-1]
-    return {
-        "tail_from_step": float(before["step"]),
-        "tail_to_step": float(last["step"]),
-        "tail_from": float(before["val_loss"]),
-        "tail_to": float(last["val_loss"]),
-    }
+        return dict.fromkeys(keys, math.nan)
+    before, last = evals.sort_values("step").iloc[-2:].itertuples()
+    return dict(
+        zip(
+            keys,
+            (float(before.step), float(last.step), float(before.val_loss), float(last.val_loss)),
+        )
+    )
 
 
 def _effective(lr: float, scale: Cell | None) -> str:
