@@ -180,11 +180,17 @@ def _seeds_2_3(cell: Cell | None, seeds: list[int]) -> Cell | None:
     return Cell(kept, cell.lr) if kept else None
 
 
-def paired_with_seeds(point: Point, column: str) -> dict[str, tuple[Cell, list[int]]]:
-    paired = paired_differences(point.records, point.chosen, lambda key, b: (b,), [column])
+def paired_with_seeds(
+    point: Point, column: str, baseline: str = "adamw"
+) -> dict[str, tuple[Cell, list[int]]]:
+    """Per method, its per-seed differences from ``baseline`` (each at its chosen lr) and the
+    seeds they pair."""
+    paired = paired_differences(
+        point.records, point.chosen, lambda key, b: (b,), [column], baseline=baseline
+    )
     out = {}
     for (method,), cells in paired.items():
-        base = set(point.chosen[("adamw",)][1]["seed"])
+        base = set(point.chosen[(baseline,)][1]["seed"])
         mine = set(point.chosen[(method,)][1]["seed"])
         out[method] = (cells[column], sorted(base & mine))
     return out
@@ -323,6 +329,27 @@ def build_point_table(point: Point) -> Table:
                 ],
             )
         )
+    tail = tail_table(point)
+    if tail is not None:
+        table.parts.append(tail)
+    header_g, rows_g, notes_g = lr_grid_rows(
+        point.records, point.chosen, ["optimizer"], lambda key: [label(key[0])], 3
+    )
+    table.parts.append(
+        Table(
+            f"{point.experiment}_grid",
+            "Every lr of the grid: final val loss (the lr choice), mean over its seeds (seed "
+            "count); * = chosen",
+            ["Method", *header_g[1:]],
+            rows_g,
+            notes_g,
+        )
+    )
+    return table
+
+
+def tail_table(point: Point) -> Table | None:
+    """The validation loss at the last two evaluations of each method's chosen-lr runs."""
     tail_rows = []
     for method in point.methods:
         hit = point.chosen.get((method,))
@@ -344,35 +371,20 @@ def build_point_table(point: Point) -> Table:
                 format_paired(Cell((sub["tail_to"] - sub["tail_from"]).tolist(), lr), 3),
             ]
         )
-    if tail_rows:
-        table.parts.append(
-            Table(
-                f"{point.experiment}_tail",
-                "Does validation loss still fall at the end? The last two evaluations, at each "
-                "method's chosen lr",
-                ["Method", "steps", "val loss, earlier", "val loss, last", "change (same run)"],
-                tail_rows,
-                [
-                    "mean ± sd over the seeds at the chosen lr; change: last minus earlier "
-                    "evaluation within each run, with its 95% t interval (negative = still "
-                    "falling)."
-                ],
-            )
-        )
-    header_g, rows_g, notes_g = lr_grid_rows(
-        point.records, point.chosen, ["optimizer"], lambda key: [label(key[0])], 3
+    if not tail_rows:
+        return None
+    return Table(
+        f"{point.experiment}_tail",
+        "Does validation loss still fall at the end? The last two evaluations, at each "
+        "method's chosen lr",
+        ["Method", "steps", "val loss, earlier", "val loss, last", "change (same run)"],
+        tail_rows,
+        [
+            "mean ± sd over the seeds at the chosen lr; change: last minus earlier "
+            "evaluation within each run, with its 95% t interval (negative = still "
+            "falling)."
+        ],
     )
-    table.parts.append(
-        Table(
-            f"{point.experiment}_grid",
-            "Every lr of the grid: final val loss (the lr choice), mean over its seeds (seed "
-            "count); * = chosen",
-            ["Method", *header_g[1:]],
-            rows_g,
-            notes_g,
-        )
-    )
-    return table
 
 
 def _tokens(point: Point) -> str:
@@ -461,24 +473,18 @@ def build_summary_table(points: list[Point]) -> Table:
 def alphaadam_vs_cadamw_rows(points: list[Point]) -> list[list[str]]:
     rows = []
     for point in points:
-        if ("alphaadam",) not in point.chosen or ("adamw_sm",) not in point.chosen:
+        final = paired_with_seeds(point, "100%", baseline="adamw_sm")
+        if "alphaadam" not in final:
             continue
-        paired = paired_differences(
-            point.records, point.chosen, lambda key, b: (b,), ["100%", "avg_early"],
-            baseline="adamw_sm",
-        )  # fmt: skip
-        cells = paired[("alphaadam",)]
-        seeds = sorted(
-            set(point.chosen[("alphaadam",)][1]["seed"])
-            & set(point.chosen[("adamw_sm",)][1]["seed"])
-        )
+        cell, seeds = final["alphaadam"]
+        early = paired_with_seeds(point, "avg_early", baseline="adamw_sm")["alphaadam"][0]
         rows.append(
             [
                 point.name,
-                format_paired(cells["100%"], 3),
-                format_paired(_seeds_2_3(cells["100%"], seeds), 3),
-                _format_detectable(cells["100%"]),
-                format_paired(cells["avg_early"], 3),
+                format_paired(cell, 3),
+                format_paired(_seeds_2_3(cell, seeds), 3),
+                _format_detectable(cell),
+                format_paired(early, 3),
             ]
         )
     return rows
